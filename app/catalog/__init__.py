@@ -1,0 +1,1 @@
+"""Products: keyset-paginated listing, cache-aside reads, writes that invalidate."""

@@ -1,0 +1,195 @@
+"""One error format for every 4xx and 5xx: RFC 9457 `application/problem+json`.
+
+    AppError                      raised by services, mapped here once
+     ├── NotFound                 404
+     ├── Conflict                 409
+     ├── UnprocessableRequest     422 (well-formed, but semantically refused)
+     └── ServiceUnavailable       503 with Retry-After
+
+Library errors are translated at this boundary: a Postgres outage (however SQLAlchemy
+or asyncpg phrase it) becomes a 503 with `Retry-After`; anything unexpected becomes a
+500 whose body says nothing about the internals. Tracebacks go to the log, never to the
+client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.db import is_unavailable
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+# Problem types are URNs: stable identifiers a client can switch on, not links.
+PROBLEM_TYPE_PREFIX = "urn:parity:problem:"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details. Extension members (e.g. `errors`) may follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field("about:blank", examples=["urn:parity:problem:insufficient-stock"])
+    title: str = Field(examples=["Conflict"])
+    status: int = Field(ge=400, le=599, examples=[409])
+    detail: str | None = Field(None, examples=["product 42 has 1 left, 3 requested"])
+    instance: str | None = Field(None, examples=["/api/v1/orders"])
+
+
+class AppError(Exception):
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    slug: str | None = None  # None: the status alone says it all ("about:blank")
+
+    def __init__(self, detail: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+class NotFound(AppError):
+    status = HTTPStatus.NOT_FOUND
+
+
+class Conflict(AppError):
+    status = HTTPStatus.CONFLICT
+    slug = "conflict"
+
+
+class UnprocessableRequest(AppError):
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    slug = "unprocessable"
+
+
+class ServiceUnavailable(AppError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    slug = "dependency-unavailable"
+
+
+def problem_response(
+    status: int,
+    *,
+    detail: str | None = None,
+    slug: str | None = None,
+    instance: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_PREFIX + slug if slug else "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+    }
+    if detail is not None:
+        body["detail"] = detail
+    if instance is not None:
+        body["instance"] = instance
+    body.update(extensions)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def _validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    # The offending input is left out on purpose: it can be huge or hold a secret.
+    return [
+        {"loc": [str(part) for part in error["loc"]], "msg": error["msg"], "type": error["type"]}
+        for error in errors
+    ]
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return problem_response(
+        exc.status,
+        detail=exc.detail,
+        slug=exc.slug,
+        instance=request.url.path,
+        headers=exc.headers,
+    )
+
+
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
+    return problem_response(
+        exc.status_code, detail=detail, instance=request.url.path, headers=exc.headers
+    )
+
+
+async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _validation_errors(exc.errors())
+    return problem_response(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        detail="the request is not valid: see `errors`",
+        slug="validation-error",
+        instance=request.url.path,
+        errors=errors,
+    )
+
+
+DB_RETRY_AFTER_SECONDS = 2
+
+
+async def _dependency_error(request: Request, exc: Exception) -> JSONResponse:
+    """SQLAlchemy and socket errors: 503 when Postgres is unreachable, else a plain 500."""
+    if not is_unavailable(exc):
+        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return problem_response(HTTPStatus.INTERNAL_SERVER_ERROR, instance=request.url.path)
+    logger.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc)
+    return problem_response(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        detail="the database is unavailable; retry later",
+        slug="dependency-unavailable",
+        instance=request.url.path,
+        headers={"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # Runs in Starlette's ServerErrorMiddleware, which logs the traceback itself.
+    return problem_response(HTTPStatus.INTERNAL_SERVER_ERROR, instance=request.url.path)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    for error_class in (SQLAlchemyError, OSError, TimeoutError):
+        app.add_exception_handler(error_class, _dependency_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of the problem responses a route can return."""
+    return {
+        status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in statuses
+    }
+
+
+def document_problem_responses(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document say what the server sends: every 4xx/5xx response of
+    every operation is `application/problem+json` with the `Problem` schema (FastAPI's
+    generated 422 describes its default `HTTPValidationError` JSON, which we never send)."""
+    problem_schema = {"$ref": "#/components/schemas/Problem"}
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault(
+        "Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    )
+    for path_item in openapi.get("paths", {}).values():
+        for operation in path_item.values():
+            for status, response in operation.get("responses", {}).items():
+                if status[:1] in {"4", "5"}:
+                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": problem_schema}}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    return openapi

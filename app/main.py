@@ -1,0 +1,107 @@
+"""The application factory and its lifespan.
+
+`gunicorn app.main:app -c gunicorn.conf.py` imports this module in every worker. Nothing
+here connects at import time: the lifespan opens the engine and the Redis client after
+the fork, in each worker, and closes them in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app import __version__, cache, db
+from app.cache import VersionedCache, create_redis
+from app.catalog.routes import router as catalog_router
+from app.deps import Resources
+from app.errors import document_problem_responses, install_error_handlers
+from app.health import router as health_router
+from app.orders.routes import router as orders_router
+from app.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+
+async def open_resources(settings: Settings, stack: AsyncExitStack) -> Resources:
+    """Create the per-worker clients; `stack` closes them in reverse order. Connects
+    lazily, so a dependency that is down now does not stop the worker from booting."""
+    engine = db.create_engine(settings)
+    stack.push_async_callback(engine.dispose)
+    redis = create_redis(settings)
+    stack.push_async_callback(redis.aclose)
+    product_cache = VersionedCache(
+        redis,
+        prefix=settings.REDIS_KEY_PREFIX,
+        namespace="product",
+        ttl_seconds=settings.CACHE_TTL_SECONDS,
+    )
+    return Resources(settings, engine, db.create_sessionmaker(engine), redis, product_cache)
+
+
+async def report_dependencies(resources: Resources) -> None:
+    """Log at boot whether Postgres and Redis answer. Never raises: a worker whose
+    lifespan fails makes Gunicorn halt the whole server, and /ready already tells a
+    load balancer to wait."""
+    timeout = resources.settings.READY_TIMEOUT_SECONDS
+    probes: dict[str, Callable[[], Awaitable[None]]] = {
+        "postgres": lambda: db.ping(resources.engine),
+        "redis": lambda: cache.ping(resources.redis),
+    }
+    for name, probe in probes.items():
+        try:
+            async with asyncio.timeout(timeout):
+                await probe()
+        except Exception as exc:
+            logger.warning("%s is not reachable at startup (%r); /ready reports it", name, exc)
+
+
+def make_lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            resources = await open_resources(settings, stack)
+            await report_dependencies(resources)
+            logger.info(
+                "worker ready to serve (pool %d+%d connections)",
+                settings.DB_POOL_SIZE,
+                settings.DB_MAX_OVERFLOW,
+            )
+            yield {"resources": resources}
+            logger.info("lifespan shutdown: closing Redis and the database pool")
+
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    app = FastAPI(
+        title="parity API",
+        version=__version__,
+        summary="A FastAPI service run the way production runs it.",
+        lifespan=make_lifespan(settings),
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(catalog_router)
+    app.include_router(orders_router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            app.openapi_schema = document_problem_responses(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+app = create_app()

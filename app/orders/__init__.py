@@ -1,0 +1,1 @@
+"""Orders: stock reserved in one transaction, idempotent on `Idempotency-Key`."""

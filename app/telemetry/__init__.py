@@ -1,0 +1,1 @@
+"""Logs, metrics and traces. Everything here is failsafe: telemetry never fails a request."""

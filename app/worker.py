@@ -1,0 +1,62 @@
+"""The Gunicorn worker class and the CPU arithmetic behind the default worker count."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from uvicorn_worker import UvicornWorker as _UvicornWorker
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cgroup_cpu_limit(cpu_max: Path = CGROUP_CPU_MAX) -> int | None:
+    """CPUs granted by a cgroup v2 quota (`docker run --cpus`, a k8s CPU limit), rounded
+    up; None when there is no quota."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def available_cpus() -> int:
+    """CPUs this process may actually use: the affinity mask (taskset, cpusets) capped by
+    the cgroup quota. `os.cpu_count()` reports the host's cores, which inside a container
+    limited to 2 CPUs on a 64-core host means 64 workers and an OOM kill."""
+    counts = [
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ]
+    if (limit := cgroup_cpu_limit()) is not None:
+        counts.append(limit)
+    return max(1, min(counts))
+
+
+def default_workers() -> int:
+    """One async worker per available CPU.
+
+    `2 × CPU + 1` is Gunicorn's rule for *sync* workers, which block on I/O and need
+    extra processes to keep a CPU busy. An asyncio worker already overlaps its I/O, so
+    more processes than CPUs only add memory, DB connections and context switches.
+    `scripts/tune_workers.py` measures the best count for your own workload.
+    """
+    return available_cpus()
+
+
+class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # untyped base
+    """uvicorn-worker's class (`uvicorn.workers` is deprecated) with our Uvicorn options.
+
+    - `lifespan="on"`: a broken lifespan is an error, not silently skipped.
+    - `server_header=False`: do not advertise the server software.
+    """
+
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        "loop": "auto",
+        "http": "auto",
+        "lifespan": "on",
+        "server_header": False,
+    }

@@ -1,0 +1,51 @@
+"""Gunicorn configuration: `gunicorn app.main:app -c gunicorn.conf.py`.
+
+Every value comes from app/settings.py (environment variables), validated before the
+master starts: a bad value stops it with one line naming the variable.
+"""
+
+import os
+
+from app.settings import load_settings
+from app.telemetry.logging import logging_config
+from app.worker import default_workers
+
+settings = load_settings()
+
+wsgi_app = "app.main:app"
+worker_class = "app.worker.UvicornWorker"
+bind = [settings.GUNICORN_BIND]
+workers = settings.GUNICORN_WORKERS or default_workers()
+
+# A worker whose event loop has not checked in for this long is blocked (a sync call
+# in an async route, an endless loop) and is killed and replaced. Not a request timeout.
+timeout = settings.GUNICORN_TIMEOUT
+# After SIGTERM the master waits this long for workers to drain before SIGKILL. The
+# drain timeout inside each worker must finish well inside it (docs/shutdown.md).
+graceful_timeout = settings.GUNICORN_GRACEFUL_TIMEOUT
+# Idle keep-alive: must exceed the idle timeout of whatever proxies to us (AWS ALB and
+# nginx default to 60 s), else the proxy reuses a connection we are closing -> 502s.
+keepalive = settings.GUNICORN_KEEPALIVE
+# Recycle a worker after this many requests (plus jitter, so workers do not all
+# restart together): a bound on slow leaks in dependencies. Large enough that a worker
+# at 1,000 req/s lives for minutes; 0 turns recycling off.
+max_requests = settings.GUNICORN_MAX_REQUESTS
+max_requests_jitter = settings.GUNICORN_MAX_REQUESTS_JITTER
+forwarded_allow_ips = settings.FORWARDED_ALLOW_IPS
+# Workers import the app after the fork: nothing (pools, threads, OpenTelemetry) is
+# shared across processes, and HUP reloads code.
+preload_app = False
+# The heartbeat file lives in memory: a read-only or slow disk must not stall it.
+SHM = "/dev/shm"  # noqa: S108 (tmpfs; Gunicorn only writes its heartbeat file there)
+worker_tmp_dir = SHM if os.path.isdir(SHM) else None
+
+# Gunicorn 25+ opens a control socket at one default path per user; several masters on
+# one machine (tests, the worker-count sweep) would fight over it. Signals are our
+# control interface (docs/shutdown.md).
+control_socket_disable = True
+
+proc_name = settings.SERVICE_NAME
+accesslog = None
+errorlog = "-"
+loglevel = settings.LOG_LEVEL
+logconfig_dict = logging_config(settings)

@@ -1,0 +1,393 @@
+"""The one way to start the stack natively, shared by `make run`, every script's
+`--native` mode and the tests: the same `gunicorn.conf.py` and app as the container,
+against a local Postgres and Redis. `--compose` targets drive a `docker compose` stack.
+
+    python scripts/stack.py up [--workers N] [--bind HOST:PORT] [--products N]
+    python scripts/stack.py prepare          # create the database, migrate, seed
+
+Library use (scripts, tests):
+
+    stack = NativeStack(database_url=..., env={"REDIS_KEY_PREFIX": "t1:"})
+    stack.prepare(products=1000)
+    with stack.start_gunicorn(workers=2) as server:
+        httpx.get(server.base_url + "/ready")
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NoReturn
+
+if __package__ in (None, ""):  # run as `python scripts/stack.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import make_url
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/app"
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or did not become ready; the message says why."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- Postgres ----------------------------------------------------------------------
+
+
+def _asyncpg_dsn(database_url: str, database: str | None = None) -> str:
+    url = make_url(database_url).set(drivername="postgresql")
+    if database is not None:
+        url = url.set(database=database)
+    return url.render_as_string(hide_password=False)
+
+
+async def _admin(database_url: str, statement: str, *args: object) -> Any:
+    """Run `statement` on the server's maintenance database (`postgres`)."""
+    connection = await asyncpg.connect(_asyncpg_dsn(database_url, "postgres"), timeout=5)
+    try:
+        return await connection.fetchval(statement, *args)
+    finally:
+        await connection.close()
+
+
+def _quoted_name(database_url: str) -> str:
+    name = make_url(database_url).database or ""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def ensure_database(database_url: str) -> bool:
+    """Create the database named in `database_url` unless it exists; True if created."""
+    name = make_url(database_url).database
+    exists = asyncio.run(_admin(database_url, "SELECT 1 FROM pg_database WHERE datname = $1", name))
+    if not exists:
+        asyncio.run(_admin(database_url, f"CREATE DATABASE {_quoted_name(database_url)}"))
+    return not exists
+
+
+def drop_database(database_url: str) -> None:
+    asyncio.run(
+        _admin(database_url, f"DROP DATABASE IF EXISTS {_quoted_name(database_url)} WITH (FORCE)")
+    )
+
+
+def _run_module(args: list[str], env: Mapping[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise StackError(f"`python -m {' '.join(args)}` failed:\n{result.stderr.strip()}")
+
+
+def migrate(database_url: str) -> None:
+    """`alembic upgrade head`, exactly as a user or the compose `migrate` service runs it."""
+    _run_module(["alembic", "upgrade", "head"], {"DATABASE_URL": database_url})
+
+
+def seed(database_url: str, products: int) -> None:
+    _run_module(
+        ["app.seed", "--quiet", "--products", str(products)], {"DATABASE_URL": database_url}
+    )
+
+
+# --- Gunicorn ----------------------------------------------------------------------
+
+
+@dataclass
+class GunicornProcess:
+    """A Gunicorn master started with the project's gunicorn.conf.py, logging to a file."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    log_path: Path
+    env: dict[str, str]
+    _log_file: Any = field(repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the master's current worker processes."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            return []
+
+    def wait_ready(self, timeout: float = 30.0, path: str = "/ready") -> None:
+        """Poll `path` until it answers 200; raise StackError with the log tail if the
+        master exits or the deadline passes."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StackError(
+                    f"gunicorn exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                response = httpx.get(self.base_url + path, timeout=2)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        raise StackError(
+            f"{self.base_url}{path} not ready after {timeout}s ({last}):\n{self.log_tail()}"
+        )
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (graceful), wait, SIGKILL if it overstays; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+        return self.process.returncode
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines; anything else (a stray print) is skipped."""
+        records = []
+        for line in self.log_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def __enter__(self) -> GunicornProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_gunicorn(
+    env: Mapping[str, str],
+    *,
+    workers: int = 2,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    log_path: Path | None = None,
+    extra_args: list[str] | None = None,
+) -> GunicornProcess:
+    """Start `gunicorn app.main:app -c gunicorn.conf.py`; does not wait for readiness."""
+    port = port or free_port(host)
+    if log_path is None:
+        log_path = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
+    full_env = {
+        **os.environ,
+        "GUNICORN_WORKERS": str(workers),
+        "GUNICORN_BIND": f"{host}:{port}",
+        **env,
+    }
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "app.main:app",
+            "-c",
+            "gunicorn.conf.py",
+            *(extra_args or []),
+        ],
+        cwd=REPO_ROOT,
+        env=full_env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    return GunicornProcess(process, host, port, log_path, dict(env), log_file)
+
+
+@dataclass
+class NativeStack:
+    """Postgres database + migrations + seed + Gunicorn, all on this machine."""
+
+    database_url: str = field(
+        default_factory=lambda: os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    )
+    env: dict[str, str] = field(default_factory=dict)
+
+    def prepare(self, products: int = 10_000) -> None:
+        ensure_database(self.database_url)
+        migrate(self.database_url)
+        if products:
+            seed(self.database_url, products)
+
+    def app_env(self, **overrides: str) -> dict[str, str]:
+        return {"DATABASE_URL": self.database_url, **self.env, **overrides}
+
+    def start_gunicorn(
+        self,
+        *,
+        workers: int = 2,
+        env: Mapping[str, str] | None = None,
+        ready_timeout: float = 30.0,
+        ready_path: str = "/ready",
+        **kwargs: Any,
+    ) -> GunicornProcess:
+        """Start Gunicorn against this stack's database and wait until `ready_path`
+        answers 200 (pass "/health" to wait for a server that cannot be ready yet)."""
+        server = start_gunicorn(self.app_env(**(env or {})), workers=workers, **kwargs)
+        try:
+            server.wait_ready(ready_timeout, path=ready_path)
+        except BaseException:
+            server.stop(timeout=10)
+            raise
+        return server
+
+
+# --- docker compose ----------------------------------------------------------------
+
+
+@dataclass
+class ComposeStack:
+    """A stack started with `docker compose up`; the API published on 127.0.0.1:8000."""
+
+    base_url: str = "http://127.0.0.1:8000"
+    service: str = "api"
+    project_dir: Path = REPO_ROOT
+
+    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "compose", *args],
+            cwd=self.project_dir,
+            capture_output=True,
+            text=True,
+            check=check,
+        )
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        self.compose("kill", "-s", sig.name, self.service)
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--no-log-prefix", self.service).stdout
+
+    def stop_service(self, name: str) -> None:
+        self.compose("stop", name)
+
+    def start_service(self, name: str) -> None:
+        self.compose("start", name)
+
+
+def iter_json_lines(text: str) -> Iterator[dict[str, Any]]:
+    for line in text.splitlines():
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            record = json.loads(line[start:])
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+# --- CLI -----------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python scripts/stack.py", description=__doc__.split("\n\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("prepare", "create the database, migrate, seed"),
+        ("up", "prepare, then run Gunicorn in the foreground"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument(
+            "--products", type=int, default=10_000, help="products to seed (default 10000)"
+        )
+        if name == "up":
+            command.add_argument(
+                "--workers", type=int, help="default: GUNICORN_WORKERS or one per CPU"
+            )
+            command.add_argument("--bind", help="default: GUNICORN_BIND or 0.0.0.0:8000")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    stack = NativeStack()
+    masked = make_url(stack.database_url).render_as_string(hide_password=True)
+    print(
+        f"preparing {masked}: create if missing, migrate, seed {args.products} products",
+        file=sys.stderr,
+    )
+    try:
+        stack.prepare(products=args.products)
+    except (StackError, OSError, asyncpg.PostgresError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "prepare":
+        return 0
+    env = {"DATABASE_URL": stack.database_url}
+    if args.workers:
+        env["GUNICORN_WORKERS"] = str(args.workers)
+    if args.bind:
+        env["GUNICORN_BIND"] = args.bind
+    return exec_gunicorn(env)
+
+
+def exec_gunicorn(env: Mapping[str, str]) -> NoReturn:
+    """Replace this process with Gunicorn, so Ctrl-C and TERM reach its master directly."""
+    os.chdir(REPO_ROOT)
+    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
+    os.execve(sys.executable, argv, {**os.environ, **env})  # noqa: S606
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Fixtures: a Postgres database and a Redis key prefix per test session, apps built
+from `Settings`, and real Gunicorn masters on free ports.
+
+Everything talks to the real Postgres and Redis (DATABASE_URL's server, default
+127.0.0.1:5432; REDIS_URL, default 127.0.0.1:6379). The session's database is created,
+migrated with Alembic and dropped at the end; its Redis keys are deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis
+from sqlalchemy.engine import make_url
+
+from app.settings import Settings
+from scripts.stack import GunicornProcess, NativeStack, drop_database, ensure_database, migrate
+from tests.helpers import app_client
+
+SERVER_URL = os.environ.get(
+    "TEST_DATABASE_SERVER_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# In CI every test must run: a skip (a missing tool, say) is a failure there.
+STRICT_SKIPS = os.environ.get("PARITY_STRICT_SKIPS") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """Under PARITY_STRICT_SKIPS=1 a skipped test fails, saying why it would have skipped."""
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"not verified (PARITY_STRICT_SKIPS=1 forbids skips): {reason}"
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A migrated database for this test session, dropped afterwards."""
+    url = (
+        make_url(SERVER_URL)
+        .set(database=unique_name("parity_test"))
+        .render_as_string(hide_password=False)
+    )
+    ensure_database(url)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this session's own; its keys are deleted afterwards."""
+    prefix = f"{unique_name('parity-test')}:"
+    yield prefix
+    client = Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def make_settings(database_url: str, redis_prefix: str) -> Callable[..., Settings]:
+    """Settings for this session's database and Redis prefix, with overrides."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": REDIS_URL,
+            "REDIS_KEY_PREFIX": redis_prefix,
+        }
+        return Settings(**{**values, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_client(settings) as client:
+        yield client
+
+
+@pytest.fixture
+def native_stack(database_url: str, redis_prefix: str) -> NativeStack:
+    return NativeStack(
+        database_url=database_url,
+        env={"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix, "LOG_LEVEL": "info"},
+    )
+
+
+@pytest.fixture
+def gunicorn(native_stack: NativeStack) -> Iterator[Callable[..., GunicornProcess]]:
+    """Start real Gunicorn masters (`gunicorn(workers=2, env={...})`); all are stopped
+    (TERM, then KILL) at the end of the test."""
+    started: list[GunicornProcess] = []
+
+    def start(**kwargs: Any) -> GunicornProcess:
+        server = native_stack.start_gunicorn(**kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(timeout=30)

@@ -1,0 +1,36 @@
+"""Helpers the tests share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+
+from app.main import create_app
+from app.settings import Settings
+
+
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on an app built from `settings`, its lifespan running."""
+    async with LifespanManager(create_app(settings)) as manager:
+        transport = httpx.ASGITransport(manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+async def create_product(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
+    body = {
+        "sku": f"T-{uuid.uuid4().hex[:12]}",
+        "name": "Test product",
+        "price_cents": 1234,
+        "stock": 10,
+    }
+    response = await client.post("/api/v1/products", json={**body, **fields})
+    assert response.status_code == 201, response.text
+    product: dict[str, Any] = response.json()
+    return product

@@ -1,0 +1,79 @@
+"""Every 4xx/5xx is RFC 9457 problem+json; a database outage is a fast 503."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+from app.settings import Settings
+from scripts.stack import free_port
+from tests.helpers import app_client
+
+PROBLEM = "application/problem+json"
+
+
+async def test_malformed_json_is_a_422_problem(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/products", content=b'{"sku": "x",', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["type"] == "urn:parity:problem:validation-error"
+    assert body["errors"][0]["type"] == "json_invalid"
+
+
+async def test_validation_errors_do_not_echo_the_input(client: httpx.AsyncClient) -> None:
+    secret = "sk_live_do_not_echo"
+    response = await client.post(
+        "/api/v1/products", json={"sku": secret, "name": 5, "price_cents": 1, "stock": 1}
+    )
+    assert response.status_code == 422
+    assert secret not in response.text
+
+
+async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/api/v1/nothing-here")
+    assert (missing.status_code, missing.headers["content-type"]) == (404, PROBLEM)
+    wrong_method = await client.delete("/api/v1/products")
+    assert (wrong_method.status_code, wrong_method.headers["content-type"]) == (405, PROBLEM)
+    assert "GET" in wrong_method.headers["allow"]
+
+
+async def test_database_outage_is_a_fast_503_with_retry_after(
+    make_settings: Callable[..., Settings],
+) -> None:
+    dead = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/app"
+    async with app_client(make_settings(DATABASE_URL=dead)) as client:
+        started = time.monotonic()
+        responses = [
+            await client.get("/api/v1/products"),
+            await client.get("/api/v1/products/1"),
+            await client.post("/api/v1/orders", json={"items": [{"product_id": 1, "quantity": 1}]}),
+        ]
+        elapsed = time.monotonic() - started
+    for response in responses:
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == PROBLEM
+        assert response.headers["retry-after"] == "2"
+        assert response.json()["type"] == "urn:parity:problem:dependency-unavailable"
+        assert "Traceback" not in response.text
+    # A functional bound, not a benchmark: "fail fast" means no 30 s connect hang.
+    assert elapsed < 10
+
+
+async def test_openapi_documents_problem_responses_for_every_error(
+    client: httpx.AsyncClient,
+) -> None:
+    openapi = (await client.get("/openapi.json")).json()
+    documented = 0
+    for path, item in openapi["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    assert list(response["content"]) == [PROBLEM], (method, path, status)
+                    documented += 1
+    assert documented >= 10
+    assert "HTTPValidationError" not in openapi["components"]["schemas"]

@@ -1,0 +1,113 @@
+"""Settings: defaults, and a bad value stops the start with one line naming it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings, load_settings
+from app.worker import available_cpus, cgroup_cpu_limit, default_workers
+from scripts.stack import REPO_ROOT
+
+
+def test_defaults_describe_a_local_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.DATABASE_URL == "postgresql+asyncpg://postgres@127.0.0.1:5432/app"
+    assert settings.GUNICORN_BIND == "0.0.0.0:8000"
+    assert settings.GUNICORN_WORKERS is None
+    assert "*" not in settings.FORWARDED_ALLOW_IPS
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GUNICORN_WORKERS", "3")
+    monkeypatch.setenv("DB_POOL_SIZE", "7")
+    settings = Settings()
+    assert (settings.GUNICORN_WORKERS, settings.DB_POOL_SIZE) == (3, 7)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("GUNICORN_WORKERS", "many", "invalid configuration: GUNICORN_WORKERS='many': "),
+        (
+            "GUNICORN_WORKERS",
+            "0",
+            "GUNICORN_WORKERS='0': Input should be greater than or equal to 1",
+        ),
+        ("GUNICORN_BIND", "8000", "GUNICORN_BIND='8000': must be HOST:PORT"),
+        ("REDIS_URL", "http://cache:6379", "REDIS_URL: must start with redis://"),
+        ("DATABASE_URL", "mysql://u:pw@h/db", "DATABASE_URL: driver must be postgresql+asyncpg"),
+        ("LOG_LEVEL", "loud", "LOG_LEVEL='loud': Input should be 'debug', 'info'"),
+    ],
+)
+def test_bad_value_exits_with_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    value: str,
+    expected: str,
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings()
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert expected in lines[0]
+
+
+def test_secret_values_are_never_echoed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:hunter2secret@db/app")
+    with pytest.raises(SystemExit):
+        load_settings()
+    assert "hunter2secret" not in capsys.readouterr().err
+    settings = Settings(DATABASE_URL="postgresql+asyncpg://app:hunter2secret@db/app")
+    assert "hunter2secret" not in repr(settings)
+    assert "hunter2secret" not in settings.database_url_masked
+
+
+def test_gunicorn_refuses_to_start_on_a_bad_value() -> None:
+    """1. GUNICORN_WORKERS=abc  2. gunicorn started  -> exit 2, one line, no traceback."""
+    env = {**os.environ, "GUNICORN_WORKERS": "abc", "GUNICORN_BIND": "127.0.0.1:8999"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "app.main:app", "-c", "gunicorn.conf.py"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "invalid configuration: GUNICORN_WORKERS='abc': "
+        "Input should be a valid integer, unable to parse string as an integer"
+    ]
+
+
+def test_cgroup_quota_is_rounded_up(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")
+    assert cgroup_cpu_limit(cpu_max) == 2
+    cpu_max.write_text("max 100000\n")
+    assert cgroup_cpu_limit(cpu_max) is None
+    assert cgroup_cpu_limit(tmp_path / "missing") is None
+
+
+def test_default_workers_follow_the_affinity_mask_not_the_host() -> None:
+    """A process pinned to one CPU (taskset, a cpuset) gets one worker."""
+    code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+    code += "from app.worker import default_workers; print(default_workers())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "1"
+    assert default_workers() == available_cpus() <= len(os.sched_getaffinity(0))
