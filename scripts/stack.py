@@ -168,6 +168,23 @@ class GunicornProcess:
             f"{self.base_url}{path} not ready after {timeout}s ({last}):\n{self.log_tail()}"
         )
 
+    def booted_worker_pids(self) -> set[int]:
+        """Pids of workers whose lifespan startup completed, from the log."""
+        return {
+            record["pid"]
+            for record in self.log_records()
+            if record.get("message") == "Application startup complete."
+        }
+
+    def wait_workers_booted(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until `count` workers have completed their startup, so that a test
+        spreading load over "all workers" really reaches all of them."""
+        deadline = time.monotonic() + timeout
+        while len(self.booted_worker_pids()) < count:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise StackError(f"{count} workers did not boot in {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.05)
+
     def send_signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
 
@@ -278,10 +295,12 @@ class NativeStack:
         ready_path: str = "/ready",
         **kwargs: Any,
     ) -> GunicornProcess:
-        """Start Gunicorn against this stack's database and wait until `ready_path`
-        answers 200 (pass "/health" to wait for a server that cannot be ready yet)."""
+        """Start Gunicorn against this stack's database, wait until every worker has
+        booted and `ready_path` answers 200 (pass "/health" for a server that cannot be
+        ready yet)."""
         server = start_gunicorn(self.app_env(**(env or {})), workers=workers, **kwargs)
         try:
+            server.wait_workers_booted(workers, ready_timeout)
             server.wait_ready(ready_timeout, path=ready_path)
         except BaseException:
             server.stop(timeout=10)
