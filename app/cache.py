@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from app.settings import Settings
 from app.telemetry.logging import RateLimitedLog
+from app.telemetry.metrics import DEPENDENCY_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class VersionedCache:
         try:
             value, version = await self._redis.mget(value_key, version_key)
         except RedisError as exc:
+            DEPENDENCY_ERRORS.labels("redis", "cache_lookup").inc()
             self._errors.warning("cache lookup failed, reading from Postgres: %r", exc)
             raise CacheUnavailable from exc
         # decode_responses is off, so Redis hands back bytes (or None when absent).
@@ -102,6 +104,7 @@ class VersionedCache:
                 keys=self._keys(entry_id), args=[seen_version, value, self._ttl]
             )
         except RedisError as exc:
+            DEPENDENCY_ERRORS.labels("redis", "cache_store").inc()
             self._errors.warning("cache store failed: %r", exc)
             return False
         return bool(stored)
@@ -117,6 +120,7 @@ class VersionedCache:
         try:
             await pipe.execute()
         except RedisError as exc:
+            DEPENDENCY_ERRORS.labels("redis", "cache_invalidate").inc()
             self._errors.warning(
                 "cache invalidation failed; stale for up to %ss: %r", self._ttl, exc
             )

@@ -12,6 +12,7 @@ from app.cache import CacheUnavailable, VersionedCache
 from app.catalog.models import Product
 from app.catalog.schemas import ProductCreate, ProductOut, ProductUpdate
 from app.errors import Conflict, NotFound
+from app.telemetry.metrics import CACHE_LOOKUPS
 
 
 class CacheOutcome(StrEnum):
@@ -37,6 +38,14 @@ async def read_product_json(
     session: AsyncSession, cache: VersionedCache, product_id: int
 ) -> tuple[bytes, CacheOutcome]:
     """The product as JSON bytes, from Redis when cached, else from Postgres (cache-aside)."""
+    payload, outcome = await _read_through(session, cache, product_id)
+    CACHE_LOOKUPS.labels("product", outcome.lower()).inc()
+    return payload, outcome
+
+
+async def _read_through(
+    session: AsyncSession, cache: VersionedCache, product_id: int
+) -> tuple[bytes, CacheOutcome]:
     try:
         lookup = await cache.lookup(product_id)
     except CacheUnavailable:
