@@ -24,3 +24,11 @@ DEPENDENCY_ERRORS = Counter(
     "Errors talking to a dependency, by dependency and operation.",
     ["dependency", "operation"],
 )
+
+# Rate limiter decisions: outcome is "allowed", "limited", "fail_open" (Redis unavailable,
+# request let through) or "fail_closed" (Redis unavailable, request refused with 503).
+RATE_LIMIT_DECISIONS = Counter(
+    "ratelimit_decisions_total",
+    "Rate limiter decisions by policy and outcome.",
+    ["policy", "outcome"],
+)
