@@ -1,0 +1,281 @@
+"""Building blocks shared by the dashboards: datasources, selectors, panels with their
+links to traces.
+
+Panels are built with grafana-foundation-sdk (the build for Grafana 11.6's dashboard
+schema). Two things the SDK does not model are written as plain JSON objects here:
+Jaeger queries and "internal" data links (links that open Grafana Explore on another
+datasource, which Grafana builds from a query object instead of a URL).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import heatmap, stat, table, text, timeseries
+from grafana_foundation_sdk.builders.common import VizLegendOptions, VizTooltipOptions
+from grafana_foundation_sdk.builders.prometheus import Dataquery as PromQuery
+from grafana_foundation_sdk.models.common import (
+    GraphDrawStyle,
+    LegendDisplayMode,
+    LegendPlacement,
+    SortOrder,
+    TooltipDisplayMode,
+    VisibilityMode,
+)
+from grafana_foundation_sdk.models.dashboard import (
+    DataSourceRef,
+    Threshold,
+    ThresholdsMode,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
+)
+
+# The uids are fixed in observability/grafana/provisioning/datasources/datasources.yaml.
+PROMETHEUS = DataSourceRef(type_val="prometheus", uid="prometheus")
+JAEGER = DataSourceRef(type_val="jaeger", uid="jaeger")
+
+# Probes and scrapes are not user traffic (same rule as observability/prometheus/rules).
+NOT_PROBES = 'http_route!~"/health|/ready|/metrics"'
+API = 'job="api", instance=~"$instance"'
+HTTP = f"{API}, {NOT_PROBES}"
+
+# Defaults of the dashboard variables that feed the links to traces.
+DEFAULT_SERVICE = "parity-api"
+DEFAULT_JAEGER_URL = "http://localhost:16686"
+
+
+# --- Dashboard variables ---------------------------------------------------------------
+
+
+def instance_variable() -> dash.QueryVariable:
+    return (
+        dash.QueryVariable("instance")
+        .label("API instance")
+        .description("API replicas (Prometheus targets of job api)")
+        .datasource(PROMETHEUS)
+        .query('label_values(up{job="api"}, instance)')
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".+")
+        .current(VariableOption(selected=True, text="All", value="$__all"))
+    )
+
+
+def service_variable() -> dash.TextBoxVariable:
+    return (
+        dash.TextBoxVariable("service")
+        .label("Service in traces")
+        .description("OpenTelemetry service.name of the API (SERVICE_NAME)")
+        .default_value(DEFAULT_SERVICE)
+    )
+
+
+def jaeger_url_variable() -> dash.TextBoxVariable:
+    return (
+        dash.TextBoxVariable("jaeger_url")
+        .label("Jaeger UI")
+        .description("Jaeger UI as your browser reaches it (the 'in Jaeger UI' links)")
+        .default_value(DEFAULT_JAEGER_URL)
+    )
+
+
+def slow_variable() -> dash.CustomVariable:
+    return (
+        dash.CustomVariable("slow")
+        .label("Slow is over")
+        .description("Minimum duration of the traces listed in 'Slow traces'")
+        .values("100ms,250ms,500ms,1s")
+        .current(VariableOption(selected=True, text="250ms", value="250ms"))
+    )
+
+
+# --- Queries ---------------------------------------------------------------------------
+
+
+def prom(expr: str, legend: str = "__auto", ref_id: str = "A") -> PromQuery:
+    return PromQuery().expr(expr).legend_format(legend).ref_id(ref_id).datasource(PROMETHEUS)
+
+
+def per_second(metric: str, selector: str = API, matchers: str = "") -> str:
+    """`rate(metric{selector, matchers}[$__rate_interval])`."""
+    labels = ", ".join(filter(None, [selector, matchers]))
+    return f"rate({metric}{{{labels}}}[$__rate_interval])"
+
+
+def quantile(q: float, bucket_metric: str, selector: str, by: str = "") -> str:
+    group = ", ".join(filter(None, [by, "le"]))
+    return (
+        f"histogram_quantile({q}, sum by ({group}) "
+        f"(rate({bucket_metric}{{{selector}}}[$__rate_interval])))"
+    )
+
+
+def ratio_or_zero(part: str, whole: str, by: str = "") -> str:
+    """`part / whole`, 0 (not "no data") when there is traffic but nothing to count:
+    the same idiom as the recording rules."""
+    agg = f"sum by ({by})" if by else "sum"
+    return f"({agg} ({part}) or 0 * {agg} ({whole})) / {agg} ({whole})"
+
+
+class JaegerQuery:
+    """A Grafana Jaeger datasource query (the SDK has no builder for it)."""
+
+    def __init__(self, **query: Any) -> None:
+        self._query = {"refId": "A", "datasource": {"type": "jaeger", "uid": "jaeger"}, **query}
+
+    def build(self) -> JaegerQuery:
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return self._query
+
+
+# --- Links to traces -------------------------------------------------------------------
+
+
+class FieldLink:
+    """A data link as Grafana stores it in fieldConfig.defaults.links: either a URL
+    or an internal link that opens Explore with a query on another datasource."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self._payload = payload
+
+    def build(self) -> FieldLink:
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return self._payload
+
+
+def trace_links(
+    what: str, *, tags: dict[str, str], min_duration: str = "", errors_only: bool = False
+) -> list[FieldLink]:
+    """Links from a series to the traces behind it, in Grafana Explore and in Jaeger's UI.
+
+    `tags` maps span attributes to Grafana expressions (e.g. http.route ->
+    ${__field.labels.http_route}); `min_duration` keeps only traces slower than it (the
+    clicked latency). Grafana URL-encodes variables in URL links by default, so the
+    Jaeger UI base URL is inserted raw.
+    """
+    search_tags = dict(tags, **({"error": "true"} if errors_only else {}))
+    logfmt = " ".join(f'{key}="{value}"' for key, value in search_tags.items())
+    explore_query: dict[str, Any] = {
+        "refId": "A",
+        "datasource": {"type": "jaeger", "uid": "jaeger"},
+        "queryType": "search",
+        "service": "${service}",
+        "tags": logfmt,
+        "limit": 20,
+    }
+    if min_duration:
+        explore_query["minDuration"] = min_duration
+    jaeger_tags = ",".join(f"%22{key}%22%3A%22{value}%22" for key, value in search_tags.items())
+    url = (
+        "${jaeger_url:raw}/search?service=${service}"
+        f"&tags=%7B{jaeger_tags}%7D"
+        "&lookback=custom&start=${__from}000&end=${__to}000&limit=20"
+    )
+    if min_duration:
+        url += f"&minDuration={min_duration}"
+    return [
+        FieldLink(
+            {
+                "title": f"Traces: {what} (Explore)",
+                "url": "",
+                "internal": {
+                    "datasourceUid": "jaeger",
+                    "datasourceName": "Jaeger",
+                    "query": explore_query,
+                },
+            }
+        ),
+        FieldLink({"title": f"Traces: {what} (Jaeger UI)", "url": url, "targetBlank": True}),
+    ]
+
+
+ROUTE_TAGS = {"http.route": "${__field.labels.http_route}"}
+
+
+# --- Panels ----------------------------------------------------------------------------
+
+
+def graph(title: str, description: str, unit: str, *queries: PromQuery) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(PROMETHEUS)
+        .unit(unit)
+        .draw_style(GraphDrawStyle.LINE)
+        .line_width(1)
+        .fill_opacity(10)
+        .show_points(VisibilityMode.NEVER)
+        .legend(
+            VizLegendOptions()
+            .display_mode(LegendDisplayMode.TABLE)
+            .placement(LegendPlacement.BOTTOM)
+            .calcs(["mean", "max", "lastNotNull"])
+            .show_legend(True)
+        )
+        .tooltip(VizTooltipOptions().mode(TooltipDisplayMode.MULTI).sort(SortOrder.DESCENDING))
+        .span(12)
+        .height(8)
+    )
+    for query in queries:
+        panel = panel.with_target(query)
+    return panel
+
+
+def big_number(title: str, description: str, unit: str, query: PromQuery) -> stat.Panel:
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(PROMETHEUS)
+        .unit(unit)
+        .with_target(query)
+        .span(4)
+        .height(4)
+    )
+
+
+def thresholds(*steps: tuple[float | None, str]) -> dash.ThresholdsConfig:
+    return (
+        dash.ThresholdsConfig()
+        .mode(ThresholdsMode.ABSOLUTE)
+        .steps([Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+def latency_heatmap(title: str, description: str, query: PromQuery) -> heatmap.Panel:
+    return (
+        heatmap.Panel()
+        .title(title)
+        .description(description)
+        .datasource(PROMETHEUS)
+        .with_target(query.format("heatmap"))
+        .calculate(False)
+        .span(12)
+        .height(8)
+    )
+
+
+def slow_traces_table(title: str, description: str) -> table.Panel:
+    query = JaegerQuery(queryType="search", service="${service}", minDuration="${slow}", limit=20)
+    return (
+        table.Panel()
+        .title(title)
+        .description(description)
+        .datasource(JAEGER)
+        .with_target(query)
+        .span(12)
+        .height(8)
+    )
+
+
+def note(title: str, markdown: str, height: int = 5) -> text.Panel:
+    return text.Panel().title(title).content(markdown).span(24).height(height)

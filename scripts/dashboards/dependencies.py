@@ -1,0 +1,172 @@
+"""The "Dependencies" dashboard: the Postgres pool and statements, the Redis cache and
+every dependency error, as the API sees them (no exporter needed)."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.models.dashboard import DashboardCursorSync
+
+from scripts.dashboards.common import (
+    API,
+    graph,
+    instance_variable,
+    jaeger_url_variable,
+    prom,
+    quantile,
+    ratio_or_zero,
+    service_variable,
+    thresholds,
+    trace_links,
+)
+
+UID = "parity-dependencies"
+
+WAIT_BUCKET = "db_client_connection_wait_time_seconds_bucket"
+QUERY_BUCKET = "db_client_operation_duration_seconds_bucket"
+
+
+def pool_row() -> list[object]:
+    return [
+        graph(
+            "Connections by state",
+            "Pooled Postgres connections checked out (used) and idle, summed over the "
+            "workers of each instance; max = workers × (DB_POOL_SIZE + DB_MAX_OVERFLOW).",
+            "short",
+            prom(
+                f"sum by (instance, state) (db_client_connection_count{{{API}}})",
+                "{{state}} {{instance}}",
+            ),
+            prom(
+                f"sum by (instance) (db_client_connection_max{{{API}}})",
+                "max {{instance}}",
+                "B",
+            ),
+        ),
+        graph(
+            "Pool usage",
+            "Used / max per instance. Above 90 % for 5 minutes fires DbPoolSaturated; "
+            "at 100 % requests wait, then get 503 after DB_POOL_TIMEOUT_SECONDS.",
+            "percentunit",
+            prom(
+                f'sum by (instance) (db_client_connection_count{{{API}, state="used"}}) '
+                f"/ sum by (instance) (db_client_connection_max{{{API}}})",
+                "{{instance}}",
+            ),
+        )
+        .max(1)
+        .thresholds(thresholds((None, "green"), (0.7, "orange"), (0.9, "red"))),
+        graph(
+            "Overflow connections",
+            "Connections opened beyond DB_POOL_SIZE (up to DB_MAX_OVERFLOW per worker).",
+            "short",
+            prom(f"sum by (instance) (db_client_connection_overflow{{{API}}})", "{{instance}}"),
+        ),
+        graph(
+            "Wait for a connection",
+            "Time a request waited to check out a pooled connection.",
+            "s",
+            prom(quantile(0.5, WAIT_BUCKET, API), "p50"),
+            prom(quantile(0.99, WAIT_BUCKET, API), "p99", "B"),
+        ).data_links(
+            trace_links(
+                "requests slower than the clicked wait", tags={}, min_duration="${__value.raw}s"
+            )
+        ),
+    ]
+
+
+def statements_row() -> list[object]:
+    return [
+        graph(
+            "Query latency",
+            "Duration of SQL statements. Click a line for traces slower than the value.",
+            "s",
+            prom(quantile(0.5, QUERY_BUCKET, API), "p50"),
+            prom(quantile(0.95, QUERY_BUCKET, API), "p95", "B"),
+            prom(quantile(0.99, QUERY_BUCKET, API), "p99", "C"),
+        ).data_links(
+            trace_links(
+                "requests slower than the clicked value", tags={}, min_duration="${__value.raw}s"
+            )
+        ),
+        graph(
+            "Statements/s",
+            "SQL statements executed per second, per instance.",
+            "ops",
+            prom(
+                "sum by (instance) (rate(db_client_operation_duration_seconds_count"
+                f"{{{API}}}[$__rate_interval]))",
+                "{{instance}}",
+            ),
+        ),
+    ]
+
+
+def cache_row() -> list[object]:
+    lookups = f"rate(cache_lookups_total{{{API}}}[$__rate_interval])"
+    hits = f'rate(cache_lookups_total{{{API}, result="hit"}}[$__rate_interval])'
+    return [
+        graph(
+            "Cache hit ratio",
+            "Share of cache lookups served from Redis, per cache.",
+            "percentunit",
+            prom(ratio_or_zero(hits, lookups, "cache"), "{{cache}}"),
+        ).max(1),
+        graph(
+            "Cache lookups/s by result",
+            "hit, miss, or bypass (Redis unavailable: read from Postgres instead).",
+            "ops",
+            prom(f"sum by (cache, result) ({lookups})", "{{cache}} {{result}}"),
+        ),
+        graph(
+            "Redis errors/s by operation",
+            "Failed Redis calls the service survived (cache bypassed, limiter failed "
+            "open or closed). Never visible as request errors: watch them here.",
+            "ops",
+            prom(
+                "sum by (operation) (rate(dependency_errors_total"
+                f'{{{API}, dependency="redis"}}[$__rate_interval]))',
+                "{{operation}}",
+            ),
+        ),
+        graph(
+            "Dependency errors/s",
+            "Every dependency error counted by the service, by dependency.",
+            "ops",
+            prom(
+                f"sum by (dependency) (rate(dependency_errors_total{{{API}}}[$__rate_interval]))",
+                "{{dependency}}",
+            ),
+        ),
+    ]
+
+
+def build() -> dash.Dashboard:
+    board = (
+        dash.Dashboard("Dependencies")
+        .uid(UID)
+        .description("Postgres pool and statements, Redis cache and errors, seen from the API.")
+        .tags(["parity", "dependencies"])
+        .refresh("10s")
+        .time("now-30m", "now")
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .with_variable(instance_variable())
+        .with_variable(service_variable())
+        .with_variable(jaeger_url_variable())
+        .link(
+            dash.DashboardLink("API overview")
+            .type("dashboards")
+            .tags(["api"])
+            .include_vars(True)
+            .keep_time(True)
+        )
+    )
+    for title, panels in (
+        ("Postgres connection pool", pool_row()),
+        ("Postgres statements", statements_row()),
+        ("Redis cache", cache_row()),
+    ):
+        board = board.with_row(dash.Row(title))
+        for panel in panels:
+            board = board.with_panel(panel)
+    return board
