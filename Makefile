@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help venv services run test lint format lock clean
+.PHONY: help venv services run test lint format lock clean dashboards verify-dashboards
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,12 @@ format: venv ## apply ruff's fixes and formatting
 
 lock: venv ## re-pin requirements*.txt from requirements*.in
 	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.txt requirements.in && $(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-dev.txt requirements-dev.in
+
+dashboards: venv ## regenerate observability/grafana/dashboards/*.json from scripts/dashboards/
+	$(BIN)/python scripts/grafana_dashboards.py
+
+verify-dashboards: venv services ## every dashboard/rule expression has data (native Gunicorn + Prometheus)
+	$(BIN)/python scripts/verify_dashboards.py --native
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
