@@ -2,11 +2,13 @@
 # `make run` and `make test` do all set-up themselves on a fresh machine.
 
 PYTHON ?= python3
+# Any Compose v2 CLI: `docker compose` (the plugin), or `make COMPOSE=docker-compose up`.
+COMPOSE ?= docker compose
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help venv services run test lint format lock clean dashboards verify-dashboards
+.PHONY: help venv services run test lint format lock clean dashboards verify-dashboards tools smoke up down logs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,5 +42,20 @@ dashboards: venv ## regenerate observability/grafana/dashboards/*.json from scri
 verify-dashboards: venv services ## every dashboard/rule expression has data (native Gunicorn + Prometheus)
 	$(BIN)/python scripts/verify_dashboards.py --native
 
+tools: ## install the deploy-check tools: Compose CLI (own venv), podman & co (apt)
+	PYTHON=$(PYTHON) scripts/install_deploy_tools.sh
+
+smoke: venv ## build the Dockerfile with podman (offline stand-in base) and check the image runs
+	$(BIN)/python scripts/podman_smoke.py
+
+up: ## docker compose: build, start the whole stack, wait until every service is healthy
+	$(COMPOSE) up --detach --build --wait && $(COMPOSE) ps
+
+down: ## docker compose: stop and remove the stack (data volumes are kept)
+	$(COMPOSE) down --remove-orphans
+
+logs: ## docker compose: follow the logs of every service
+	$(COMPOSE) logs --follow --tail=100
+
 clean: ## remove the venv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

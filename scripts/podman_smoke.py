@@ -573,7 +573,7 @@ def print_summary(report: Report) -> None:
     timings = ", ".join(f"{name} {seconds}s" for name, seconds in report.timings.items())
     print(f"  time: {timings}")
     passed = sum(check.ok for check in report.checks)
-    print(f"{passed} passed, {len(report.checks) - passed} failed")
+    print(f"smoke checks: {passed} of {len(report.checks)} passed")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

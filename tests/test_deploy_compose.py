@@ -1,0 +1,235 @@
+"""compose.yaml: validated by the Compose specification's JSON schema and by the real
+Compose CLI, then checked for what neither knows about (every mounted file exists, every
+waited-on service has a health check, images pinned, ports on 127.0.0.1 only, the api
+hardened, the shutdown budget, .env.example = the built-in fallbacks)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scripts.stack import REPO_ROOT
+from tests.deploy_tools import compose_cli, require, run_tool
+
+COMPOSE_FILE = REPO_ROOT / "compose.yaml"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+MULTIPROC_DIR = "/run/parity/metrics"  # the Dockerfile's PROMETHEUS_MULTIPROC_DIR
+# `${NAME}` or `${NAME:-default}` (compose's interpolation; `$$` is a literal dollar).
+INTERPOLATION = re.compile(r"(?<!\$)\$\{(\w+)(?::-([^}]*))?\}")
+# An exact version: at least MAJOR.MINOR, optionally a variant suffix (-alpine, -musl).
+EXACT_TAG = re.compile(r"v?\d+\.\d+(\.\d+)*(-[\w.]+)?")
+
+
+@functools.cache
+def compose() -> dict[str, Any]:
+    """compose.yaml as written (PyYAML resolves the anchors and `<<` merges)."""
+    document: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return document
+
+
+def services() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = compose()["services"]
+    return found
+
+
+def one_shots() -> set[str]:
+    """Services others wait for with `service_completed_successfully`."""
+    return {
+        name
+        for service in services().values()
+        for name, condition in _depends_on(service).items()
+        if condition == "service_completed_successfully"
+    }
+
+
+def _depends_on(service: dict[str, Any]) -> dict[str, str]:
+    depends = service.get("depends_on", {})
+    if isinstance(depends, list):
+        return dict.fromkeys(depends, "service_started")
+    return {name: spec.get("condition", "service_started") for name, spec in depends.items()}
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(
+        float(number) * units[unit] for number, unit in re.findall(r"([\d.]+)(ms|s|m|h)", duration)
+    )
+
+
+def env_example() -> dict[str, str]:
+    pairs = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            pairs[name.strip()] = value.strip()
+    return pairs
+
+
+# --- the real tools ------------------------------------------------------------------
+
+
+def test_compose_spec_json_schema() -> None:
+    """check-jsonschema with the Compose specification's schema (vendored in the tool)."""
+    check = require("check-jsonschema", "`make venv` installs it")
+    result = run_tool([check, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def clean_env() -> dict[str, str]:
+    """No variable of the caller's shell may leak into compose's interpolation."""
+    return {key: os.environ[key] for key in ("PATH", "HOME") if key in os.environ}
+
+
+def resolved_model(env_file: Path) -> Any:
+    """The model the Compose CLI resolves (interpolated, merged, defaults filled in)."""
+    command = [*compose_cli(), "-f", str(COMPOSE_FILE), "--profile", "*"]
+    result = run_tool(
+        [*command, "--env-file", str(env_file), "config", "--format", "json"], env=clean_env()
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_the_compose_cli_accepts_every_profile() -> None:
+    """`docker-compose -f compose.yaml --profile '*' config -q`: the real parser and
+    model (what `docker compose up` runs first) accept every service of every profile."""
+    result = run_tool(
+        [*compose_cli(), "-f", str(COMPOSE_FILE), "--profile", "*", "config", "--quiet"],
+        env=clean_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""  # no warning either (unset variable, obsolete key)
+
+
+def test_without_a_dotenv_the_stack_gets_the_example_values(tmp_path: Path) -> None:
+    """`docker compose up` in a fresh clone (no .env) configures exactly what
+    .env.example says: the two models the CLI resolves are identical."""
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    assert resolved_model(empty) == resolved_model(ENV_EXAMPLE)
+
+
+# --- what the schema cannot know ---------------------------------------------------
+
+
+def test_every_interpolated_variable_has_a_default_documented_in_env_example() -> None:
+    """Each `${VAR:-default}` has its default, and .env.example lists VAR with the same
+    value; .env.example lists nothing compose does not use."""
+    used: dict[str, set[str | None]] = {}
+    lines = COMPOSE_FILE.read_text().splitlines()
+    code = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    for name, default in INTERPOLATION.findall(code):
+        used.setdefault(name, set()).add(default or None)
+    example = env_example()
+    assert set(used) == set(example)
+    for name, defaults in used.items():
+        assert defaults == {example[name]}, f"{name}: defaults {defaults} vs {example[name]!r}"
+
+
+def test_every_file_mounted_or_built_from_the_repository_exists() -> None:
+    missing = []
+    for name, service in services().items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            if source.startswith((".", "/")) and not (REPO_ROOT / source).exists():
+                missing.append(f"{name}: {source}")
+        if build := service.get("build"):
+            build = {"context": build} if isinstance(build, str) else build
+            dockerfile = (
+                REPO_ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+            )
+            if not dockerfile.is_file():
+                missing.append(f"{name}: {dockerfile.relative_to(REPO_ROOT)}")
+        for env_file in service.get("env_file", []):
+            spec = {"path": env_file} if isinstance(env_file, str) else env_file
+            if spec.get("required", True) and not (REPO_ROOT / spec["path"]).exists():
+                missing.append(f"{name}: env_file {spec['path']}")
+    assert not missing
+
+
+def test_waited_on_services_have_health_checks_and_one_shots_finish() -> None:
+    for name, service in services().items():
+        for dependency, condition in _depends_on(service).items():
+            target = services()[dependency]
+            if condition == "service_healthy":
+                assert "test" in target.get("healthcheck", {}), f"{name} waits for {dependency}"
+            if condition == "service_completed_successfully":
+                assert target.get("restart", "no") == "no", dependency
+                assert "command" in target, dependency
+
+
+def test_every_long_running_service_has_a_health_check() -> None:
+    for name, service in services().items():
+        if name in one_shots():
+            continue
+        healthcheck = service.get("healthcheck", {})
+        assert healthcheck.get("test"), f"{name} has no health check"
+        assert not healthcheck.get("disable"), name
+        assert healthcheck["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_every_image_is_pinned_to_an_exact_version() -> None:
+    """No `latest`, no bare major (`postgres:18`): a tag names one release. Images built
+    here (`build:`) are checked through their Dockerfile's FROM instead."""
+    for name, service in services().items():
+        image = service.get("image", "")
+        if "build" in service:
+            assert image.endswith(":local"), f"{name}: built images are tagged :local"
+            continue
+        repository, _, tag = image.rpartition(":")
+        assert repository, f"{name}: {image} has no tag"
+        assert EXACT_TAG.fullmatch(tag), f"{name}: {image} is not an exact version"
+
+
+def test_published_ports_listen_on_loopback_only() -> None:
+    for name, service in services().items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str), f"{name}: use the 127.0.0.1:HOST:CONTAINER form"
+            assert port.startswith("127.0.0.1:"), f"{name}: {port} is reachable from the network"
+
+
+def test_api_is_hardened() -> None:
+    api = services()["api"]
+    assert api["read_only"] is True
+    assert api["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in api["security_opt"]
+    assert {"cpus", "memory"} <= set(api["deploy"]["resources"]["limits"])
+    tmpfs_paths = [entry.split(":")[0] for entry in api["tmpfs"]]
+    assert MULTIPROC_DIR in tmpfs_paths
+    assert "/tmp" in tmpfs_paths
+
+
+def test_workers_match_the_cpu_limit() -> None:
+    api = services()["api"]
+    cpus = float(api["deploy"]["resources"]["limits"]["cpus"])
+    (default,) = [d for n, d in INTERPOLATION.findall(api["environment"]["GUNICORN_WORKERS"])]
+    assert int(default) == math.ceil(cpus)
+
+
+def test_shutdown_budget_fits_the_stop_grace_period() -> None:
+    """delay + drain + lifespan (<= 3 s) < graceful_timeout < stop_grace_period: Docker's
+    SIGKILL never lands while Gunicorn is still draining (docs/shutdown.md)."""
+    api = services()["api"]
+    env = api["environment"]
+    delay = int(env["SHUTDOWN_DELAY_SECONDS"])
+    drain = int(env["SHUTDOWN_DRAIN_TIMEOUT_SECONDS"])
+    graceful = int(env["GUNICORN_GRACEFUL_TIMEOUT"])
+    grace = _seconds(api["stop_grace_period"])
+    assert (delay, drain, graceful, grace) == (5, 20, 30, 40)
+    assert delay + drain + 3 < graceful < grace
+    assert api.get("stop_signal", "SIGTERM") == "SIGTERM"
+
+
+def test_api_waits_for_its_dependencies_and_the_seed() -> None:
+    depends = _depends_on(services()["api"])
+    assert depends["postgres"] == "service_healthy"
+    assert depends["redis"] == "service_healthy"
+    assert depends["seed"] == "service_completed_successfully"
+    assert _depends_on(services()["seed"])["migrate"] == "service_completed_successfully"
