@@ -399,6 +399,13 @@ class Smoke:
                 caches.append(response.headers.get("x-cache"))
             if caches != ["MISS", "HIT"]:
                 raise CheckFailed(f"X-Cache {caches}, expected MISS then HIT")
+            # Memory after serving: what compose's and k8s' memory limit must hold.
+            pid = int(self.podman("inspect", "--format={{.State.Pid}}", container).stdout)
+            rss = [_rss_mb(p) for p in (pid, *_children(pid))]
+            self.report.facts["rss_mb"] = {
+                "master": round(rss[0], 1),
+                "workers": [round(r, 1) for r in rss[1:]],
+            }
             return "product 1: X-Cache MISS then HIT (Postgres and Redis reached)"
 
         self.check("Gunicorn starts and becomes ready", starts)
@@ -461,11 +468,19 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _uid(pid: int) -> int:
+def _status_field(pid: int, name: str) -> str:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    raise CheckFailed(f"no Uid line for pid {pid}")
+        if line.startswith(f"{name}:"):
+            return line.split()[1]
+    raise CheckFailed(f"no {name} line for pid {pid}")
+
+
+def _uid(pid: int) -> int:
+    return int(_status_field(pid, "Uid"))
+
+
+def _rss_mb(pid: int) -> float:
+    return int(_status_field(pid, "VmRSS")) / 1024  # kB
 
 
 # --- orchestration -----------------------------------------------------------------
@@ -570,6 +585,9 @@ def print_summary(report: Report) -> None:
             f"  image {facts['image_mb']} MB = stand-in base + {facts['added_to_base_mb']} MB "
             "(venv + app)"
         )
+    if rss := facts.get("rss_mb"):
+        workers = " + ".join(str(r) for r in rss["workers"])
+        print(f"  RSS after serving: master {rss['master']} MB + workers {workers} MB")
     timings = ", ".join(f"{name} {seconds}s" for name, seconds in report.timings.items())
     print(f"  time: {timings}")
     passed = sum(check.ok for check in report.checks)
