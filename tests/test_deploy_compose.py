@@ -24,7 +24,7 @@ MULTIPROC_DIR = "/run/parity/metrics"  # the Dockerfile's PROMETHEUS_MULTIPROC_D
 # `${NAME}` or `${NAME:-default}` (compose's interpolation; `$$` is a literal dollar).
 INTERPOLATION = re.compile(r"(?<!\$)\$\{(\w+)(?::-([^}]*))?\}")
 # An exact version: at least MAJOR.MINOR, optionally a variant suffix (-alpine, -musl).
-EXACT_TAG = re.compile(r"v?\d+\.\d+(\.\d+)*(-[\w.]+)?")
+EXACT_TAG = re.compile(r"v?\d+\.\d+(\.\d+)*(-[\w.-]+)?")
 
 
 @functools.cache
@@ -233,3 +233,13 @@ def test_api_waits_for_its_dependencies_and_the_seed() -> None:
     assert depends["redis"] == "service_healthy"
     assert depends["seed"] == "service_completed_successfully"
     assert _depends_on(services()["seed"])["migrate"] == "service_completed_successfully"
+
+
+def test_readme_lists_every_published_port() -> None:
+    """The README's URL table is how a new user finds each service: every port compose
+    publishes must be in it."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    for name, service in services().items():
+        for port in service.get("ports", []):
+            host_port = port.split(":")[1]
+            assert f"127.0.0.1:{host_port}" in readme, f"{name}: {port} missing from README"

@@ -154,3 +154,24 @@ def test_secrets_and_tests_never_reach_the_build_context() -> None:
     allowed = {p for p in dockerignore_patterns() if p.startswith("!")}
     for private in ("!.env", "!tests", "!.git", "!.venv", "!results"):
         assert not any(p.startswith(private) for p in allowed)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_base_image_is_an_exact_version(dockerfile: Path) -> None:
+    """Each FROM names a pinned image, directly or through an ARG default: never
+    `latest`, never a bare major."""
+    instructions = parse(dockerfile)
+    defaults = dict(
+        i.args.split("=", 1) for i in instructions if i.keyword == "ARG" and "=" in i.args
+    )
+    stages = {i.args.split()[-1] for i in instructions if i.keyword == "FROM" and " AS " in i.args}
+    for instruction in instructions:
+        if instruction.keyword != "FROM":
+            continue
+        image = instruction.args.split()[0]
+        if match := re.fullmatch(r"\$\{(\w+)\}", image):
+            image = defaults[match.group(1)]
+        if image in stages:
+            continue
+        tag = image.rpartition(":")[2]
+        assert re.fullmatch(r"v?\d+\.\d+(\.\d+)*(-[\w.-]+)?", tag), f"{dockerfile}: {image}"
