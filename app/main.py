@@ -24,6 +24,7 @@ from app.deps import Resources
 from app.errors import document_problem_responses, install_error_handlers
 from app.health import router as health_router
 from app.orders.routes import router as orders_router
+from app.ratelimit import RateLimitMiddleware
 from app.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,10 @@ def build_middleware(settings: Settings) -> list[Middleware]:
     3. admission control (rate limiting) before any work is done;
     4. input limits (body size, handler timeout) closest to the routes.
     """
-    return []
+    middleware: list[Middleware] = []
+    if settings.RATE_LIMIT_ENABLED:
+        middleware.append(Middleware(RateLimitMiddleware, settings=settings))
+    return middleware
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

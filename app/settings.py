@@ -8,7 +8,9 @@ A bad value stops the process at start with one line per variable
 
 from __future__ import annotations
 
+import re
 import sys
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -48,6 +50,22 @@ class Settings(BaseSettings):
     REDIS_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=10)] = 0.25
     REDIS_MAX_CONNECTIONS: int = Field(64, ge=1, le=10_000)
     CACHE_TTL_SECONDS: int = Field(60, ge=1, le=86_400)
+
+    # --- Rate limiting (docs/rate-limiting.md) ------------------------------------
+    RATE_LIMIT_ENABLED: bool = True
+    # QUOTA/WINDOW: at most QUOTA requests in any WINDOW (e.g. 100/60s, 1000/1h), per
+    # client, for every route no override matches.
+    RATE_LIMIT_DEFAULT: str = "100/60s"
+    # Overrides, ";"-separated, first match wins: NAME=QUOTA/WINDOW [METHODS] [/PATH-PREFIX]
+    RATE_LIMIT_ROUTES: str = "writes=20/60s POST,PUT,PATCH,DELETE /api/"
+    # Exact paths never limited (probes and scrapes must not be throttled).
+    RATE_LIMIT_EXEMPT_PATHS: str = "/health,/ready,/metrics"
+    # A client sending this header is limited by (a hash of) its value, others by their
+    # address as seen through FORWARDED_ALLOW_IPS. Empty: always by address.
+    RATE_LIMIT_KEY_HEADER: str = Field("X-API-Key", pattern=r"^[A-Za-z0-9-]*$", max_length=64)
+    # Redis unavailable or slower than REDIS_TIMEOUT_SECONDS: let the request through
+    # (true) or answer 503 (false).
+    RATE_LIMIT_FAIL_OPEN: bool = True
 
     # --- Health --------------------------------------------------------------------
     READY_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=30)] = 1.0
@@ -99,6 +117,36 @@ class Settings(BaseSettings):
             raise ValueError("must be HOST:PORT (e.g. 0.0.0.0:8000) or unix:PATH")
         return value
 
+    @field_validator("RATE_LIMIT_DEFAULT")
+    @classmethod
+    def _default_quota_parses(cls, value: str) -> str:
+        parse_quota(value)
+        return value
+
+    @field_validator("RATE_LIMIT_ROUTES")
+    @classmethod
+    def _route_policies_parse(cls, value: str) -> str:
+        parse_route_policies(value)
+        return value
+
+    @field_validator("RATE_LIMIT_EXEMPT_PATHS")
+    @classmethod
+    def _exempt_paths_are_paths(cls, value: str) -> str:
+        for path in _split(value, ","):
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r} is not a path (must start with /)")
+        return value
+
+    @property
+    def rate_limit_policies(self) -> tuple[RateLimitPolicy, ...]:
+        """The overrides in the order written, then the default (which matches anything)."""
+        default = RateLimitPolicy("default", *parse_quota(self.RATE_LIMIT_DEFAULT))
+        return (*parse_route_policies(self.RATE_LIMIT_ROUTES), default)
+
+    @property
+    def rate_limit_exempt_paths(self) -> frozenset[str]:
+        return frozenset(_split(self.RATE_LIMIT_EXEMPT_PATHS, ","))
+
     @property
     def database_url_masked(self) -> str:
         return make_url(self.DATABASE_URL).render_as_string(hide_password=True)
@@ -106,6 +154,94 @@ class Settings(BaseSettings):
     @property
     def db_connections_per_worker(self) -> int:
         return self.DB_POOL_SIZE + self.DB_MAX_OVERFLOW
+
+
+# --- Rate-limit policy syntax ---------------------------------------------------------
+
+MAX_QUOTA = 1_000_000  # the limiter keeps one timestamp per allowed request in the window
+MAX_WINDOW_SECONDS = 86_400
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600}
+_QUOTA = re.compile(r"^(\d+)/(\d+)([smh]?)$")
+_POLICY_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitPolicy:
+    """At most `quota` requests in any `window_seconds`, for requests whose method is in
+    `methods` (None: any) and whose path is `path_prefix` or below it (None: any)."""
+
+    name: str
+    quota: int
+    window_seconds: int
+    methods: frozenset[str] | None = None
+    path_prefix: str | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        if self.path_prefix is None or path == self.path_prefix:
+            return True
+        return path.startswith(self.path_prefix.rstrip("/") + "/")
+
+
+def _split(value: str, separator: str) -> list[str]:
+    return [part.strip() for part in value.split(separator) if part.strip()]
+
+
+def parse_quota(text: str) -> tuple[int, int]:
+    """`100/60s` -> (100, 60). The unit is s, m or h; none means seconds."""
+    match = _QUOTA.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text.strip()!r} is not QUOTA/WINDOW (e.g. 100/60s, 1000/1h)")
+    quota, window = int(match[1]), int(match[2]) * _WINDOW_UNITS[match[3] or "s"]
+    if not 1 <= quota <= MAX_QUOTA:
+        raise ValueError(f"quota {quota} is not between 1 and {MAX_QUOTA}")
+    if not 1 <= window <= MAX_WINDOW_SECONDS:
+        raise ValueError(f"window {window}s is not between 1s and {MAX_WINDOW_SECONDS}s")
+    return quota, window
+
+
+def parse_route_policy(entry: str) -> RateLimitPolicy:
+    """`writes=20/60s POST,PATCH /api/` -> RateLimitPolicy."""
+    head, *matchers = entry.split()
+    name, sep, quota = head.partition("=")
+    if not sep or not _POLICY_NAME.match(name) or name == "default":
+        raise ValueError(
+            f"{entry!r}: must start with NAME=QUOTA/WINDOW, NAME in lowercase letters, "
+            "digits, - and _ (and not 'default')"
+        )
+    methods: frozenset[str] | None = None
+    path_prefix: str | None = None
+    for matcher in matchers:
+        if matcher.startswith("/") and path_prefix is None:
+            path_prefix = matcher
+        elif matcher == "*" or (methods is None and not matcher.startswith("/")):
+            methods = _parse_methods(entry, matcher)
+        else:
+            raise ValueError(f"{entry!r}: unexpected {matcher!r} (want [METHODS] [/PATH])")
+    try:
+        limits = parse_quota(quota)
+    except ValueError as exc:
+        raise ValueError(f"{entry!r}: {exc}") from None
+    return RateLimitPolicy(name, *limits, methods, path_prefix)
+
+
+def _parse_methods(entry: str, text: str) -> frozenset[str] | None:
+    if text == "*":
+        return None
+    methods = frozenset(method.upper() for method in _split(text, ","))
+    if unknown := sorted(methods - HTTP_METHODS):
+        raise ValueError(f"{entry!r}: unknown method {unknown[0]!r}")
+    return methods
+
+
+def parse_route_policies(text: str) -> tuple[RateLimitPolicy, ...]:
+    policies = tuple(parse_route_policy(entry) for entry in _split(text, ";"))
+    names = [policy.name for policy in policies]
+    if duplicated := sorted({name for name in names if names.count(name) > 1}):
+        raise ValueError(f"policy {duplicated[0]!r} is defined twice")
+    return policies
 
 
 def describe_errors(error: ValidationError) -> list[str]:

@@ -4,6 +4,11 @@ from `Settings`, and real Gunicorn masters on free ports.
 Everything talks to the real Postgres and Redis (DATABASE_URL's server, default
 127.0.0.1:5432; REDIS_URL, default 127.0.0.1:6379). The session's database is created,
 migrated with Alembic and dropped at the end; its Redis keys are deleted.
+
+The rate limiter is off in apps and servers built by these fixtures unless a test turns
+it on (`RATE_LIMIT_ENABLED=True`): every test of a session shares one Redis prefix and
+one client address, so unrelated tests would otherwise eat each other's quota. The
+limiter's own tests (tests/test_ratelimit*.py) switch it on with policies of their own.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ def make_settings(database_url: str, redis_prefix: str) -> Callable[..., Setting
             "DATABASE_URL": database_url,
             "REDIS_URL": REDIS_URL,
             "REDIS_KEY_PREFIX": redis_prefix,
+            "RATE_LIMIT_ENABLED": False,
         }
         return Settings(**{**values, **overrides})
 
@@ -105,7 +111,12 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 def native_stack(database_url: str, redis_prefix: str) -> NativeStack:
     return NativeStack(
         database_url=database_url,
-        env={"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix, "LOG_LEVEL": "info"},
+        env={
+            "REDIS_URL": REDIS_URL,
+            "REDIS_KEY_PREFIX": redis_prefix,
+            "LOG_LEVEL": "info",
+            "RATE_LIMIT_ENABLED": "false",
+        },
     )
 
 

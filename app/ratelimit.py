@@ -1,0 +1,239 @@
+"""Rate limiting shared by every worker and replica: a sliding-window log in Redis.
+
+Each (policy, client) pair has one Redis list holding the arrival times of the requests
+it was *allowed* in the last window, newest first. One Lua script, run atomically by
+Redis, drops the times that left the window, counts the rest, and admits the request
+if fewer than the quota remain, all against Redis' own clock (`TIME`): one round-trip
+per request, no race between workers, and app-host clocks do not matter.
+
+The guarantee is exact: in any interval of `window` seconds at most `quota` requests
+of one client are allowed, and a client that sends more than `quota` requests within
+one window gets exactly `quota` of them through, whichever workers answered. Refused
+requests are not recorded, so hammering does not extend a lock-out. Why not GCRA or a
+fixed window: docs/rate-limiting.md.
+
+    RateLimitMiddleware   pure ASGI; answers 429 (or 503 when failing closed) itself
+     └── acquire()        one EVALSHA of SLIDING_WINDOW_LOG -> Decision
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.deps import Resources
+from app.errors import problem_response
+from app.settings import RateLimitPolicy, Settings
+from app.telemetry.logging import RateLimitedLog
+from app.telemetry.metrics import DEPENDENCY_ERRORS, RATE_LIMIT_DECISIONS
+
+logger = logging.getLogger(__name__)
+
+# KEYS[1] the client's log; ARGV[1] quota, ARGV[2] window in ms, ARGV[3] "now" in ms
+# (empty: Redis' clock; tests pass one to step through window edges exactly).
+# Returns {allowed 0|1, remaining, ms until the oldest logged request leaves the window}.
+# Times are whole milliseconds: 13 digits, which Lua's doubles and its %.14g number
+# formatting both carry exactly.
+SLIDING_WINDOW_LOG = """
+local now
+if ARGV[3] ~= '' then
+  now = tonumber(ARGV[3])
+else
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+local quota = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local key = KEYS[1]
+while true do
+  local oldest = redis.call('LINDEX', key, -1)
+  if not oldest or tonumber(oldest) > now - window then break end
+  redis.call('RPOP', key)
+end
+local used = redis.call('LLEN', key)
+local allowed = 0
+if used < quota then
+  redis.call('LPUSH', key, now)
+  redis.call('PEXPIRE', key, window)
+  used = used + 1
+  allowed = 1
+end
+local oldest = redis.call('LINDEX', key, -1)
+local wait = window
+if oldest then wait = tonumber(oldest) + window - now end
+return {allowed, math.max(quota - used, 0), math.min(math.max(wait, 0), window)}
+"""
+SLIDING_WINDOW_LOG_SHA = hashlib.sha1(SLIDING_WINDOW_LOG.encode()).hexdigest()  # noqa: S324
+
+# Redis unavailable and failing closed: how long we suggest the client waits.
+UNAVAILABLE_RETRY_AFTER_SECONDS = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    remaining: int
+    # Seconds until more quota becomes available (rounded up): the draft's `t`, and
+    # Retry-After when refused.
+    reset_seconds: int
+
+
+async def acquire(
+    redis: Redis, key: str, policy: RateLimitPolicy, now_ms: int | None = None
+) -> Decision:
+    """Count one request of `key` against `policy`, atomically, in one round-trip."""
+    args = (policy.quota, policy.window_seconds * 1000, "" if now_ms is None else now_ms)
+    try:
+        reply = await redis.evalsha(SLIDING_WINDOW_LOG_SHA, 1, key, *args)
+    except NoScriptError:  # first call on this server (or after a restart): load it
+        reply = await redis.eval(SLIDING_WINDOW_LOG, 1, key, *args)
+    allowed, remaining, wait_ms = (int(value) for value in reply)
+    return Decision(bool(allowed), remaining, math.ceil(wait_ms / 1000))
+
+
+def client_identity(scope: Scope, key_header: bytes | None) -> str:
+    """`key:<sha256>` for a client that sends the key header, else `ip:<address>`.
+
+    The key itself is never stored or logged, only its hash. The address is
+    `scope["client"]`, which Uvicorn rewrites from X-Forwarded-For only when the peer
+    is one of FORWARDED_ALLOW_IPS. IPv6 clients are grouped by /64: one host usually
+    gets a whole /64 and could otherwise rotate through it.
+    """
+    if key_header is not None:
+        for name, value in scope["headers"]:
+            if name == key_header and value:
+                return "key:" + hashlib.sha256(value).hexdigest()[:32]
+    client = scope.get("client")
+    host = client[0] if client else "unknown"
+    if ":" in host:
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            return "ip:" + host
+        if address.ipv4_mapped is not None:
+            return f"ip:{address.ipv4_mapped}"
+        return f"ip:{ipaddress.IPv6Network((address, 64), strict=False)}"
+    return "ip:" + host
+
+
+def policy_header(policy: RateLimitPolicy) -> bytes:
+    return f'"{policy.name}";q={policy.quota};w={policy.window_seconds}'.encode()
+
+
+def limit_header(policy: RateLimitPolicy, decision: Decision) -> bytes:
+    return f'"{policy.name}";r={decision.remaining};t={decision.reset_seconds}'.encode()
+
+
+class RateLimitMiddleware:
+    """Admission control before any work is done. Per request it picks the first
+    policy that matches the method and path, identifies the client, asks Redis, then
+    passes the request on with `RateLimit-Policy` / `RateLimit` response fields added,
+    or answers 429 itself. Never raises into the app: a Redis failure becomes
+    fail-open or a 503, per RATE_LIMIT_FAIL_OPEN."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.policies: Sequence[RateLimitPolicy] = settings.rate_limit_policies
+        self.policy_headers = {p.name: policy_header(p) for p in self.policies}
+        self.exempt_paths = settings.rate_limit_exempt_paths
+        key_header = settings.RATE_LIMIT_KEY_HEADER.lower().encode("latin-1")
+        self.key_header = key_header or None
+        self.key_prefix = settings.REDIS_KEY_PREFIX + "ratelimit:"
+        self.timeout = settings.REDIS_TIMEOUT_SECONDS
+        self.fail_open = settings.RATE_LIMIT_FAIL_OPEN
+        self.errors = RateLimitedLog(logger)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
+            await self.app(scope, receive, send)
+            return
+        policy = next(p for p in self.policies if p.matches(scope["method"], scope["path"]))
+        key = f"{self.key_prefix}{policy.name}:{client_identity(scope, self.key_header)}"
+        redis = _redis(scope)
+        try:
+            # Bounds the whole call (pool, connect, round-trip), not only a socket read.
+            async with asyncio.timeout(self.timeout):
+                decision = await acquire(redis, key, policy)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self.unavailable(policy, exc, scope, receive, send)
+            return
+        headers = [
+            (b"ratelimit-policy", self.policy_headers[policy.name]),
+            (b"ratelimit", limit_header(policy, decision)),
+        ]
+        if not decision.allowed:
+            RATE_LIMIT_DECISIONS.labels(policy.name, "limited").inc()
+            await self.refuse(policy, decision, headers, scope, receive, send)
+            return
+        RATE_LIMIT_DECISIONS.labels(policy.name, "allowed").inc()
+
+        async def send_with_ratelimit_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_ratelimit_headers)
+
+    async def refuse(
+        self,
+        policy: RateLimitPolicy,
+        decision: Decision,
+        headers: list[tuple[bytes, bytes]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        per = f"{policy.window_seconds} s"
+        response = problem_response(
+            HTTPStatus.TOO_MANY_REQUESTS,
+            detail=f"more than {policy.quota} requests in {per} (policy {policy.name!r}); "
+            f"retry in {decision.reset_seconds} s",
+            slug="rate-limited",
+            instance=scope["path"],
+            headers={"Retry-After": str(decision.reset_seconds)},
+        )
+        response.raw_headers.extend(headers)
+        await response(scope, receive, send)
+
+    async def unavailable(
+        self,
+        policy: RateLimitPolicy,
+        exc: BaseException,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Redis failed or was slower than REDIS_TIMEOUT_SECONDS for this request."""
+        DEPENDENCY_ERRORS.labels("redis", "ratelimit").inc()
+        outcome = "fail_open" if self.fail_open else "fail_closed"
+        RATE_LIMIT_DECISIONS.labels(policy.name, outcome).inc()
+        error = "timeout" if isinstance(exc, TimeoutError) else repr(exc)
+        self.errors.warning("rate limiter cannot reach Redis (%s), %s", error, outcome)
+        if self.fail_open:
+            await self.app(scope, receive, send)
+            return
+        response = problem_response(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            detail="the rate limiter is unavailable; retry later",
+            slug="dependency-unavailable",
+            instance=scope["path"],
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+        )
+        await response(scope, receive, send)
+
+
+def _redis(scope: Scope) -> Redis:
+    """The worker's Redis client, opened by the lifespan (which always runs: the
+    worker class sets `lifespan="on"`)."""
+    resources: Resources = scope["state"]["resources"]
+    return resources.redis
