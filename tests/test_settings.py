@@ -44,6 +44,21 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
         ("REDIS_URL", "http://cache:6379", "REDIS_URL: must start with redis://"),
         ("DATABASE_URL", "mysql://u:pw@h/db", "DATABASE_URL: driver must be postgresql+asyncpg"),
         ("LOG_LEVEL", "loud", "LOG_LEVEL='loud': Input should be 'debug', 'info'"),
+        (
+            "RATE_LIMIT_DEFAULT",
+            "100 per minute",
+            "RATE_LIMIT_DEFAULT='100 per minute': '100 per minute' is not QUOTA/WINDOW",
+        ),
+        ("RATE_LIMIT_DEFAULT", "0/60s", "RATE_LIMIT_DEFAULT='0/60s': quota 0 is not between"),
+        (
+            "RATE_LIMIT_ROUTES",
+            "writes=20/60s FETCH /api/",
+            "RATE_LIMIT_ROUTES='writes=20/60s FETCH /api/': 'writes=20/60s FETCH /api/': "
+            "unknown method 'FETCH'",
+        ),
+        ("RATE_LIMIT_ROUTES", "a=1/1s; a=2/1s", "policy 'a' is defined twice"),
+        ("RATE_LIMIT_EXEMPT_PATHS", "health", "'health' is not a path (must start with /)"),
+        ("RATE_LIMIT_KEY_HEADER", "X API Key", "RATE_LIMIT_KEY_HEADER='X API Key': String"),
     ],
 )
 def test_bad_value_exits_with_one_line_naming_the_variable(
@@ -60,6 +75,25 @@ def test_bad_value_exits_with_one_line_naming_the_variable(
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     assert expected in lines[0]
+
+
+def test_rate_limit_policies_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overrides first, in the order written (first match wins), the default last."""
+    monkeypatch.setenv("RATE_LIMIT_DEFAULT", "1000/1h")
+    monkeypatch.setenv("RATE_LIMIT_ROUTES", "orders=5/1m POST /api/v1/orders; reads=50/10s GET")
+    policies = Settings().rate_limit_policies
+    assert [(p.name, p.quota, p.window_seconds) for p in policies] == [
+        ("orders", 5, 60),
+        ("reads", 50, 10),
+        ("default", 1000, 3600),
+    ]
+    orders, reads, default = policies
+    assert orders.matches("POST", "/api/v1/orders")
+    assert orders.matches("POST", "/api/v1/orders/7")
+    assert not orders.matches("POST", "/api/v1/ordersx")
+    assert not orders.matches("GET", "/api/v1/orders/7")
+    assert reads.matches("GET", "/anything")
+    assert default.matches("DELETE", "/anything")
 
 
 def test_secret_values_are_never_echoed(

@@ -1,0 +1,155 @@
+"""The limit holds across real Gunicorn workers: exactly the quota per client with 4
+workers deciding, X-Forwarded-For believed only from a trusted proxy, and
+`scripts/verify_rate_limit.py --native` passing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack
+from scripts.verify_rate_limit import (
+    UNTRUSTED_LOOPBACK,
+    IdentityReport,
+    Policy,
+    close_connections,
+    drive_identity,
+    forged_addresses,
+    open_connections,
+)
+from tests.conftest import REDIS_URL
+
+pytestmark = pytest.mark.gunicorn
+
+WORKERS = 4
+QUOTA = 10
+POLICY = Policy("default", QUOTA, 60)
+PRODUCTS = "/api/v1/products?limit=1"
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, redis_prefix: str) -> Iterator[GunicornProcess]:
+    """4 workers, 10 requests per 60 s, only 127.0.0.1 trusted as a proxy."""
+    stack = NativeStack(database_url=database_url)
+    env = {
+        "REDIS_URL": REDIS_URL,
+        "REDIS_KEY_PREFIX": f"{redis_prefix}{uuid.uuid4().hex[:8]}:",
+        "RATE_LIMIT_ENABLED": "true",
+        "RATE_LIMIT_DEFAULT": f"{QUOTA}/60s",
+        "RATE_LIMIT_ROUTES": "",
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",
+        # A worker's event loop busy with the burst must not push the Redis call past
+        # its bound (that would fail open, correctly, but not exactly).
+        "REDIS_TIMEOUT_SECONDS": "2",
+        "LOG_LEVEL": "info",
+    }
+    with stack.start_gunicorn(workers=WORKERS, env=env, host="127.0.0.1") as started:
+        yield started
+
+
+async def burst(
+    server: GunicornProcess,
+    requests: int,
+    *,
+    api_key: str | None = None,
+    local_address: str | None = None,
+    forge: bool = False,
+) -> IdentityReport:
+    """`requests` requests of one client at once, over connections held by every
+    worker; `forge`: a different X-Forwarded-For on each."""
+    connections = await open_connections(
+        server.base_url, count=8, server=server, local_address=local_address
+    )
+    report = IdentityReport(api_key or str(local_address), requests, min(QUOTA, requests))
+    forged = forged_addresses(requests)
+
+    def headers(index: int) -> dict[str, str]:
+        if forge:
+            return {"X-Forwarded-For": forged[index]}
+        return {"X-API-Key": api_key} if api_key else {}
+
+    try:
+        await drive_identity(
+            report, connections, PRODUCTS, POLICY, headers_for=headers, count=requests
+        )
+    finally:
+        await close_connections(connections)
+    return report
+
+
+def test_four_workers_admit_exactly_the_quota_per_client(server: GunicornProcess) -> None:
+    """1. 3 clients (API keys) x 30 requests at once, each client's requests spread
+    over connections held by all 4 workers  -> exactly 10 allowed per client, every
+    other answer a 429 with Retry-After, each remaining count 9..0 seen once, and each
+    worker decided some of every client's requests."""
+
+    async def scenario() -> list[IdentityReport]:
+        keys = [f"key-{uuid.uuid4().hex}" for _ in range(3)]
+        return await asyncio.gather(*(burst(server, 30, api_key=key) for key in keys))
+
+    for report in asyncio.run(scenario()):
+        assert (report.allowed, report.limited) == (QUOTA, 30 - QUOTA), report
+        assert report.retry_after_missing == report.failed_open == 0
+        assert report.header_errors == []
+        assert sorted(report.remaining_seen) == list(range(QUOTA))
+        assert sorted(report.by_worker) == sorted(str(pid) for pid in server.worker_pids())
+
+
+def test_a_client_forging_x_forwarded_for_is_still_limited(server: GunicornProcess) -> None:
+    """1. a client at 127.0.0.2 (not a trusted proxy) sends 25 requests, each with a
+    different X-Forwarded-For  -> Uvicorn ignores the header; all 25 count against
+    127.0.0.2 and exactly 10 are allowed."""
+    report = asyncio.run(burst(server, 25, local_address=UNTRUSTED_LOOPBACK, forge=True))
+    assert (report.allowed, report.limited) == (QUOTA, 25 - QUOTA), report
+    assert report.header_errors == []
+
+
+def test_x_forwarded_for_from_a_trusted_proxy_is_believed(server: GunicornProcess) -> None:
+    """From 127.0.0.1 (FORWARDED_ALLOW_IPS): 15 different forwarded addresses are 15
+    clients (all allowed); one forwarded address 11 times is one client (10 allowed)."""
+    many, one = forged_addresses(15), forged_addresses(1)[0]
+    with httpx.Client(base_url=server.base_url) as client:
+        distinct = [client.get(PRODUCTS, headers={"X-Forwarded-For": a}) for a in many]
+        repeated = [client.get(PRODUCTS, headers={"X-Forwarded-For": one}) for _ in range(11)]
+    assert {r.status_code for r in distinct} == {200}
+    assert [r.status_code for r in repeated] == [200] * QUOTA + [429]
+
+
+def test_verify_script_passes_natively_with_four_workers(database_url: str) -> None:
+    """`python scripts/verify_rate_limit.py --native --json` starts its own Gunicorn
+    (4 workers) and exits 0 reporting exactly the quota for every client."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/verify_rate_limit.py",
+            "--native",
+            "--quota",
+            str(QUOTA),
+            "--database-url",
+            database_url,
+            "--json",
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "REDIS_URL": REDIS_URL},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert len(report["workers"]["pids"]) == 4
+    assert len(report["identities"]) == 5  # 4 API keys + the spoofer
+    assert {i["allowed"] for i in report["identities"]} == {QUOTA}
+    assert report["trusted_proxy"]["ok"]
+    assert report["exempt"]["ok"]
+    assert "driving 5 identities" in result.stderr  # progress output
