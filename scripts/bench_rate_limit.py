@@ -1,0 +1,370 @@
+"""What the Redis rate limiter costs: the same app with the limiter on and off, side by
+side in one run, measured in alternating rounds with wrk; medians and ratios.
+
+    python scripts/bench_rate_limit.py                      # 5 rounds of 5 s per measure
+    python scripts/bench_rate_limit.py --rounds 7 --duration 10 --plot bench.png
+    python scripts/bench_rate_limit.py --write-docs         # update docs/benchmarks.md
+
+Two Gunicorn masters run at once (same workers, same settings) except
+RATE_LIMIT_ENABLED. Both serve `/health` through the full middleware stack: the run sets
+RATE_LIMIT_EXEMPT_PATHS so `/health` is *not* exempt, and a quota no request reaches,
+so every request of the "on" server does the real work (one Lua call in Redis) and is
+allowed. Per round and server, in alternating order:
+
+- latency: 1 connection, closed loop (`wrk -c1`): p50 / p99 of one request with no
+  queueing, so "on minus off" is the time the limiter adds to a request;
+- throughput: `--connections` connections (`wrk -c64`): requests per second at
+  saturation, so "on / off" is the capacity the limiter costs.
+
+Needs wrk (`apt-get install wrk`). Traffic goes to 127.0.0.1 only and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python scripts/bench_rate_limit.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from redis import Redis
+
+from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, StackError
+
+PATH = "/health"
+DOCS = REPO_ROOT / "docs" / "benchmarks.md"
+SECTION_START = "<!-- bench_rate_limit:start -->"
+SECTION_END = "<!-- bench_rate_limit:end -->"
+
+# wrk calls done() once at the end; one JSON line is easier to trust than its text.
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "non_2xx": %d, "socket_errors": %d, '
+    .. '"p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Sample:
+    server: str  # "on" | "off"
+    round: int
+    measure: str  # "latency" | "throughput"
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+def wrk(url: str, *, connections: int, threads: int, seconds: int, script: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise StackError(f"wrk failed ({result.returncode}): {result.stderr or result.stdout}")
+    report: dict[str, Any] = json.loads(lines[-1])
+    return report
+
+
+def measure(
+    server: str, url: str, round_: int, measure_: str, args: argparse.Namespace, script: Path
+) -> Sample:
+    if measure_ == "latency":
+        raw = wrk(url, connections=1, threads=1, seconds=args.duration, script=script)
+    else:
+        raw = wrk(
+            url,
+            connections=args.connections,
+            threads=2,
+            seconds=args.duration,
+            script=script,
+        )
+    return Sample(
+        server,
+        round_,
+        measure_,
+        round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        raw["p50_us"] / 1000,
+        raw["p99_us"] / 1000,
+        raw["non_2xx"],
+        raw["socket_errors"],
+    )
+
+
+@contextmanager
+def servers(args: argparse.Namespace) -> Iterator[dict[str, GunicornProcess]]:
+    """The two masters, limiter on and off, identical otherwise."""
+    prefix = f"parity-bench-{uuid.uuid4().hex[:12]}:"
+    common = {
+        "REDIS_KEY_PREFIX": prefix,
+        "RATE_LIMIT_EXEMPT_PATHS": "/ready,/metrics",
+        # Never reached: every request is checked and allowed. A 1 s window keeps the
+        # log (one entry per allowed request) to about one second of traffic.
+        "RATE_LIMIT_DEFAULT": "1000000/1s",
+        "LOG_LEVEL": "info",
+        "GUNICORN_MAX_REQUESTS": "0",
+    }
+    stack = NativeStack()
+    with ExitStack() as stack_of_servers:
+        started = {}
+        for name, enabled in (("on", "true"), ("off", "false")):
+            env = {**common, "RATE_LIMIT_ENABLED": enabled}
+            progress(f"starting Gunicorn ({args.workers} workers), limiter {name}")
+            server = stack.start_gunicorn(
+                workers=args.workers, env=env, host="127.0.0.1", ready_path=PATH
+            )
+            started[name] = stack_of_servers.enter_context(server)
+        yield started
+    redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    keys = list(redis.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        redis.delete(*keys)
+    redis.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    samples: list[Sample] = []
+    with tempfile.TemporaryDirectory() as tmp, servers(args) as started:
+        script = Path(tmp) / "report.lua"
+        script.write_text(WRK_REPORT)
+        urls = {name: server.base_url + PATH for name, server in started.items()}
+        for url in urls.values():  # warm-up: connections, caches, the Lua script
+            wrk(url, connections=args.connections, threads=2, seconds=2, script=script)
+        for round_ in range(1, args.rounds + 1):
+            order = ["on", "off"] if round_ % 2 else ["off", "on"]
+            for measure_ in ("latency", "throughput"):
+                for name in order:
+                    sample = measure(name, urls[name], round_, measure_, args, script)
+                    samples.append(sample)
+                    progress(
+                        f"round {round_}/{args.rounds} {measure_:<10} limiter {name:<3} "
+                        f"{sample.requests_per_second:>8.0f} req/s  p50 {sample.p50_ms:.3f} ms"
+                        f"  p99 {sample.p99_ms:.3f} ms"
+                    )
+    return {"settings": _settings(args), "machine": machine(), **summarise(samples)}
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "rounds": args.rounds,
+        "duration_seconds": args.duration,
+        "workers": args.workers,
+        "connections": args.connections,
+        "path": PATH,
+        "load_generator": f"wrk 4 (latency: -t1 -c1; throughput: -t2 -c{args.connections})",
+    }
+
+
+def summarise(samples: list[Sample]) -> dict[str, Any]:
+    """Medians per server and measure, and the median of the per-round pairs (on vs
+    off measured back to back, so slow moments of a shared machine hit both)."""
+
+    def pick(server: str, measure_: str) -> list[Sample]:
+        return [s for s in samples if s.server == server and s.measure == measure_]
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 4)
+
+    lat_on, lat_off = pick("on", "latency"), pick("off", "latency")
+    thr_on, thr_off = pick("on", "throughput"), pick("off", "throughput")
+    summary = {
+        "latency_p50_ms": {
+            "on": median([s.p50_ms for s in lat_on]),
+            "off": median([s.p50_ms for s in lat_off]),
+        },
+        "latency_p99_ms": {
+            "on": median([s.p99_ms for s in lat_on]),
+            "off": median([s.p99_ms for s in lat_off]),
+        },
+        "throughput_rps": {
+            "on": median([s.requests_per_second for s in thr_on]),
+            "off": median([s.requests_per_second for s in thr_off]),
+        },
+        "added_p50_ms": median([a.p50_ms - b.p50_ms for a, b in zip(lat_on, lat_off, strict=True)]),
+        "added_p99_ms": median([a.p99_ms - b.p99_ms for a, b in zip(lat_on, lat_off, strict=True)]),
+        "throughput_ratio": median(
+            [
+                a.requests_per_second / b.requests_per_second
+                for a, b in zip(thr_on, thr_off, strict=True)
+            ]
+        ),
+        "errors": sum(s.non_2xx + s.socket_errors for s in samples),
+    }
+    summary["target_met"] = summary["added_p50_ms"] < 1.0 and summary["errors"] == 0
+    return {"summary": summary, "samples": [asdict(s) for s in samples]}
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    try:
+        redis_version = str(redis.info("server").get("redis_version", "?"))
+    finally:
+        redis.close()
+    return {
+        "cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "redis": redis_version,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    s, m, st = result["summary"], result["machine"], result["settings"]
+    return "\n".join(
+        [
+            "| | limiter off | limiter on | on − off / on ÷ off |",
+            "|---|---:|---:|---:|",
+            f"| p50 latency, 1 connection | {s['latency_p50_ms']['off']:.3f} ms | "
+            f"{s['latency_p50_ms']['on']:.3f} ms | **{s['added_p50_ms']:+.3f} ms** |",
+            f"| p99 latency, 1 connection | {s['latency_p99_ms']['off']:.3f} ms | "
+            f"{s['latency_p99_ms']['on']:.3f} ms | {s['added_p99_ms']:+.3f} ms |",
+            f"| throughput, {st['connections']} connections | "
+            f"{s['throughput_rps']['off']:.0f} req/s | {s['throughput_rps']['on']:.0f} req/s | "
+            f"**× {s['throughput_ratio']:.2f}** |",
+            "",
+            f"Medians of {st['rounds']} rounds × {st['duration_seconds']} s per measure; the "
+            "differences and ratio are medians of the per-round pairs. "
+            f"Errors (non-2xx or socket): {s['errors']}. Target (< 1 ms p50 added): "
+            f"{'met' if s['target_met'] else 'NOT met'}.",
+            "",
+            f"Machine: {m['cpus']} × {m['cpu_model']}, {m['os']}, Python {m['python']}, "
+            f"Redis {m['redis']} on loopback, load average at the end {m['load_average']} "
+            "(a machine shared with other work). "
+            f"Load generator: {st['load_generator']}; {st['workers']} Gunicorn workers per "
+            f"server; route `{st['path']}`.",
+            "",
+            f"Command: `{command}`",
+        ]
+    )
+
+
+def write_docs(section: str) -> None:
+    """Replace this script's section of docs/benchmarks.md (between its markers),
+    leaving every other section as it is; append it if missing."""
+    block = f"{SECTION_START}\n{section}\n{SECTION_END}"
+    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    if SECTION_START in text and SECTION_END in text:
+        before, rest = text.split(SECTION_START, 1)
+        after = rest.split(SECTION_END, 1)[1]
+        text = before + block + after
+    else:
+        text = text.rstrip("\n") + "\n\n## Rate limiter overhead\n\n" + block + "\n"
+    DOCS.write_text(text)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = result["samples"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    panels = (
+        ("latency", "p50_ms", "p50 latency, 1 connection (ms)"),
+        ("latency", "p99_ms", "p99 latency, 1 connection (ms)"),
+        ("throughput", "requests_per_second", "throughput (req/s)"),
+    )
+    for axis, (measure_, field, title) in zip(axes, panels, strict=True):
+        for x, server in enumerate(("off", "on")):
+            values = [
+                s[field] for s in samples if s["server"] == server and s["measure"] == measure_
+            ]
+            axis.bar(x, statistics.median(values), color=("#888888", "#d95f02")[x], alpha=0.6)
+            axis.scatter([x] * len(values), values, color="black", s=12, zorder=3)
+        axis.set_xticks([0, 1], ["limiter off", "limiter on"])
+        axis.set_title(title)
+    fig.suptitle("Rate limiter cost: bars are medians, dots are rounds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python scripts/bench_rate_limit.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=_positive, default=5, help="rounds (5)")
+    parser.add_argument("--duration", type=_positive, default=5, help="seconds per measure (5)")
+    parser.add_argument("--workers", type=_positive, default=2, help="workers per server (2)")
+    parser.add_argument("--connections", type=_positive, default=64, help="for throughput (64)")
+    parser.add_argument("--plot", type=Path, help="write a PNG chart here")
+    parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if shutil.which("wrk") is None:
+        progress("error: wrk is not installed (apt-get install wrk)")
+        return 2
+    try:
+        result = run(args)
+    except (StackError, OSError, subprocess.TimeoutExpired) as exc:
+        progress(f"error: {exc}")
+        return 2
+    command = "python scripts/bench_rate_limit.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    section = markdown(result, command.strip())
+    if args.plot:
+        plot(result, args.plot)
+        progress(f"chart written to {args.plot}")
+    if args.write_docs:
+        write_docs(section)
+        progress(f"section written to {DOCS.relative_to(REPO_ROOT)}")
+    print(json.dumps(result, indent=2) if args.json else section)
+    return 0 if result["summary"]["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
