@@ -24,7 +24,7 @@ from app.deps import Resources
 from app.errors import document_problem_responses, install_error_handlers
 from app.health import router as health_router
 from app.orders.routes import router as orders_router
-from app.ratelimit import RateLimitMiddleware
+from app.ratelimit import RateLimitMiddleware, document_rate_limits
 from app.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             schema = get_openapi(
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
-            app.openapi_schema = document_problem_responses(schema)
+            app.openapi_schema = document_problem_responses(document_rate_limits(schema, settings))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -26,6 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
@@ -230,6 +231,34 @@ class RateLimitMiddleware:
             headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
         )
         await response(scope, receive, send)
+
+
+_FIELD_HEADERS = {
+    "RateLimit-Policy": 'The policy that applied, e.g. `"default";q=100;w=60`',
+    "RateLimit": 'Quota left and seconds until more is available, e.g. `"default";r=0;t=17`',
+    "Retry-After": "Seconds until a retry is allowed (equals `t`)",
+}
+
+
+def document_rate_limits(openapi: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Add the limiter's 429 (and its 503 when failing closed) to every operation it
+    covers, so the OpenAPI document says what the server can answer."""
+    if not settings.RATE_LIMIT_ENABLED:
+        return openapi
+    exempt = settings.rate_limit_exempt_paths
+    headers = {
+        name: {"description": text, "schema": {"type": "string"}}
+        for name, text in _FIELD_HEADERS.items()
+    }
+    for path, path_item in openapi.get("paths", {}).items():
+        if path in exempt:
+            continue
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("429", {"description": "Too Many Requests", "headers": headers})
+            if not settings.RATE_LIMIT_FAIL_OPEN:
+                responses.setdefault("503", {"description": "Service Unavailable"})
+    return openapi
 
 
 def _redis(scope: Scope) -> Redis:

@@ -6,10 +6,14 @@ side in one run, measured in alternating rounds with wrk; medians and ratios.
     python scripts/bench_rate_limit.py --write-docs         # update docs/benchmarks.md
 
 Two Gunicorn masters run at once (same workers, same settings) except
-RATE_LIMIT_ENABLED. Both serve `/health` through the full middleware stack: the run sets
-RATE_LIMIT_EXEMPT_PATHS so `/health` is *not* exempt, and a quota no request reaches,
-so every request of the "on" server does the real work (one Lua call in Redis) and is
-allowed. Per round and server, in alternating order:
+RATE_LIMIT_ENABLED, with a quota no request reaches, so every request of the "on"
+server does the real work (one Lua call in Redis) and is allowed. Two routes:
+
+- `/health`, the cheapest route there is (the run sets RATE_LIMIT_EXEMPT_PATHS so it is
+  *not* exempt): the worst case, where the limiter's round-trip is most of the work;
+- `/api/v1/products/1`, the cheapest real API route (a Redis cache hit).
+
+Per route, round and server, in alternating order:
 
 - latency: 1 connection, closed loop (`wrk -c1`): p50 / p99 of one request with no
   queueing, so "on minus off" is the time the limiter adds to a request;
@@ -44,7 +48,7 @@ from redis import Redis
 
 from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, StackError
 
-PATH = "/health"
+PATHS = ("/health", "/api/v1/products/1")
 DOCS = REPO_ROOT / "docs" / "benchmarks.md"
 SECTION_START = "<!-- bench_rate_limit:start -->"
 SECTION_END = "<!-- bench_rate_limit:end -->"
@@ -68,6 +72,7 @@ def progress(message: str) -> None:
 
 @dataclass
 class Sample:
+    path: str
     server: str  # "on" | "off"
     round: int
     measure: str  # "latency" | "throughput"
@@ -94,8 +99,15 @@ def wrk(url: str, *, connections: int, threads: int, seconds: int, script: Path)
 
 
 def measure(
-    server: str, url: str, round_: int, measure_: str, args: argparse.Namespace, script: Path
+    server: str,
+    base_url: str,
+    path: str,
+    round_: int,
+    measure_: str,
+    args: argparse.Namespace,
+    script: Path,
 ) -> Sample:
+    url = base_url + path
     if measure_ == "latency":
         raw = wrk(url, connections=1, threads=1, seconds=args.duration, script=script)
     else:
@@ -107,6 +119,7 @@ def measure(
             script=script,
         )
     return Sample(
+        path,
         server,
         round_,
         measure_,
@@ -132,14 +145,14 @@ def servers(args: argparse.Namespace) -> Iterator[dict[str, GunicornProcess]]:
         "GUNICORN_MAX_REQUESTS": "0",
     }
     stack = NativeStack()
+    progress("preparing the database (create if missing, migrate, seed 10 products)")
+    stack.prepare(products=10)
     with ExitStack() as stack_of_servers:
         started = {}
         for name, enabled in (("on", "true"), ("off", "false")):
             env = {**common, "RATE_LIMIT_ENABLED": enabled}
             progress(f"starting Gunicorn ({args.workers} workers), limiter {name}")
-            server = stack.start_gunicorn(
-                workers=args.workers, env=env, host="127.0.0.1", ready_path=PATH
-            )
+            server = stack.start_gunicorn(workers=args.workers, env=env, host="127.0.0.1")
             started[name] = stack_of_servers.enter_context(server)
         yield started
     redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
@@ -154,20 +167,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, servers(args) as started:
         script = Path(tmp) / "report.lua"
         script.write_text(WRK_REPORT)
-        urls = {name: server.base_url + PATH for name, server in started.items()}
-        for url in urls.values():  # warm-up: connections, caches, the Lua script
-            wrk(url, connections=args.connections, threads=2, seconds=2, script=script)
+        for path in PATHS:  # warm-up: connections, the product cache, the Lua script
+            for server in started.values():
+                wrk(server.base_url + path, connections=8, threads=2, seconds=2, script=script)
         for round_ in range(1, args.rounds + 1):
             order = ["on", "off"] if round_ % 2 else ["off", "on"]
-            for measure_ in ("latency", "throughput"):
-                for name in order:
-                    sample = measure(name, urls[name], round_, measure_, args, script)
-                    samples.append(sample)
-                    progress(
-                        f"round {round_}/{args.rounds} {measure_:<10} limiter {name:<3} "
-                        f"{sample.requests_per_second:>8.0f} req/s  p50 {sample.p50_ms:.3f} ms"
-                        f"  p99 {sample.p99_ms:.3f} ms"
-                    )
+            for path in PATHS:
+                for measure_ in ("latency", "throughput"):
+                    for name in order:
+                        sample = measure(
+                            name, started[name].base_url, path, round_, measure_, args, script
+                        )
+                        samples.append(sample)
+                        progress(
+                            f"round {round_}/{args.rounds} {path:<20} {measure_:<10} "
+                            f"limiter {name:<3} {sample.requests_per_second:>7.0f} req/s  "
+                            f"p50 {sample.p50_ms:.3f} ms  p99 {sample.p99_ms:.3f} ms"
+                        )
     return {"settings": _settings(args), "machine": machine(), **summarise(samples)}
 
 
@@ -177,48 +193,48 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "duration_seconds": args.duration,
         "workers": args.workers,
         "connections": args.connections,
-        "path": PATH,
         "load_generator": f"wrk 4 (latency: -t1 -c1; throughput: -t2 -c{args.connections})",
     }
 
 
 def summarise(samples: list[Sample]) -> dict[str, Any]:
-    """Medians per server and measure, and the median of the per-round pairs (on vs
-    off measured back to back, so slow moments of a shared machine hit both)."""
+    """Per route: medians per server and measure, and the median of the per-round
+    pairs (on and off measured back to back, so slow moments of a shared machine hit
+    both)."""
+    routes = {path: summarise_route([s for s in samples if s.path == path]) for path in PATHS}
+    errors = sum(s.non_2xx + s.socket_errors for s in samples)
+    target_met = errors == 0 and all(r["added_p50_ms"] < 1.0 for r in routes.values())
+    return {
+        "summary": {"routes": routes, "errors": errors, "target_met": target_met},
+        "samples": [asdict(s) for s in samples],
+    }
 
+
+def summarise_route(samples: list[Sample]) -> dict[str, Any]:
     def pick(server: str, measure_: str) -> list[Sample]:
         return [s for s in samples if s.server == server and s.measure == measure_]
 
     def median(values: list[float]) -> float:
         return round(statistics.median(values), 4)
 
-    lat_on, lat_off = pick("on", "latency"), pick("off", "latency")
-    thr_on, thr_off = pick("on", "throughput"), pick("off", "throughput")
-    summary = {
-        "latency_p50_ms": {
-            "on": median([s.p50_ms for s in lat_on]),
-            "off": median([s.p50_ms for s in lat_off]),
-        },
-        "latency_p99_ms": {
-            "on": median([s.p99_ms for s in lat_on]),
-            "off": median([s.p99_ms for s in lat_off]),
-        },
-        "throughput_rps": {
-            "on": median([s.requests_per_second for s in thr_on]),
-            "off": median([s.requests_per_second for s in thr_off]),
-        },
-        "added_p50_ms": median([a.p50_ms - b.p50_ms for a, b in zip(lat_on, lat_off, strict=True)]),
-        "added_p99_ms": median([a.p99_ms - b.p99_ms for a, b in zip(lat_on, lat_off, strict=True)]),
+    def both(measure_: str, field: str) -> dict[str, float]:
+        return {
+            name: median([getattr(s, field) for s in pick(name, measure_)])
+            for name in ("on", "off")
+        }
+
+    lat = list(zip(pick("on", "latency"), pick("off", "latency"), strict=True))
+    thr = list(zip(pick("on", "throughput"), pick("off", "throughput"), strict=True))
+    return {
+        "latency_p50_ms": both("latency", "p50_ms"),
+        "latency_p99_ms": both("latency", "p99_ms"),
+        "throughput_rps": both("throughput", "requests_per_second"),
+        "added_p50_ms": median([on.p50_ms - off.p50_ms for on, off in lat]),
+        "added_p99_ms": median([on.p99_ms - off.p99_ms for on, off in lat]),
         "throughput_ratio": median(
-            [
-                a.requests_per_second / b.requests_per_second
-                for a, b in zip(thr_on, thr_off, strict=True)
-            ]
+            [on.requests_per_second / off.requests_per_second for on, off in thr]
         ),
-        "errors": sum(s.non_2xx + s.socket_errors for s in samples),
     }
-    summary["target_met"] = summary["added_p50_ms"] < 1.0 and summary["errors"] == 0
-    return {"summary": summary, "samples": [asdict(s) for s in samples]}
 
 
 def machine() -> dict[str, Any]:
@@ -246,32 +262,36 @@ def machine() -> dict[str, Any]:
 
 def markdown(result: dict[str, Any], command: str) -> str:
     s, m, st = result["summary"], result["machine"], result["settings"]
-    return "\n".join(
-        [
-            "| | limiter off | limiter on | on − off / on ÷ off |",
-            "|---|---:|---:|---:|",
-            f"| p50 latency, 1 connection | {s['latency_p50_ms']['off']:.3f} ms | "
-            f"{s['latency_p50_ms']['on']:.3f} ms | **{s['added_p50_ms']:+.3f} ms** |",
-            f"| p99 latency, 1 connection | {s['latency_p99_ms']['off']:.3f} ms | "
-            f"{s['latency_p99_ms']['on']:.3f} ms | {s['added_p99_ms']:+.3f} ms |",
-            f"| throughput, {st['connections']} connections | "
-            f"{s['throughput_rps']['off']:.0f} req/s | {s['throughput_rps']['on']:.0f} req/s | "
-            f"**× {s['throughput_ratio']:.2f}** |",
-            "",
-            f"Medians of {st['rounds']} rounds × {st['duration_seconds']} s per measure; the "
-            "differences and ratio are medians of the per-round pairs. "
-            f"Errors (non-2xx or socket): {s['errors']}. Target (< 1 ms p50 added): "
-            f"{'met' if s['target_met'] else 'NOT met'}.",
-            "",
-            f"Machine: {m['cpus']} × {m['cpu_model']}, {m['os']}, Python {m['python']}, "
-            f"Redis {m['redis']} on loopback, load average at the end {m['load_average']} "
-            "(a machine shared with other work). "
-            f"Load generator: {st['load_generator']}; {st['workers']} Gunicorn workers per "
-            f"server; route `{st['path']}`.",
-            "",
-            f"Command: `{command}`",
+    lines = [
+        "| Route | | limiter off | limiter on | on − off / on ÷ off |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for path, r in s["routes"].items():
+        lines += [
+            f"| `{path}` | p50 latency, 1 connection | {r['latency_p50_ms']['off']:.3f} ms | "
+            f"{r['latency_p50_ms']['on']:.3f} ms | **{r['added_p50_ms']:+.3f} ms** |",
+            f"| | p99 latency, 1 connection | {r['latency_p99_ms']['off']:.3f} ms | "
+            f"{r['latency_p99_ms']['on']:.3f} ms | {r['added_p99_ms']:+.3f} ms |",
+            f"| | throughput, {st['connections']} connections | "
+            f"{r['throughput_rps']['off']:.0f} req/s | {r['throughput_rps']['on']:.0f} req/s | "
+            f"**× {r['throughput_ratio']:.2f}** |",
         ]
-    )
+    lines += [
+        "",
+        f"Medians of {st['rounds']} rounds × {st['duration_seconds']} s per measure; the "
+        "differences and ratios are medians of the per-round pairs. "
+        f"Errors (non-2xx or socket): {s['errors']}. Target (< 1 ms p50 added): "
+        f"{'met' if s['target_met'] else 'NOT met'}.",
+        "",
+        f"Machine: {m['cpus']} × {m['cpu_model']}, {m['os']}, Python {m['python']}, "
+        f"Redis {m['redis']} on loopback, load average at the end {m['load_average']} "
+        "(a machine shared with other work). "
+        f"Load generator: {st['load_generator']}; {st['workers']} Gunicorn workers per "
+        "server.",
+        "",
+        f"Command: `{command}`",
+    ]
+    return "\n".join(lines)
 
 
 def write_docs(section: str) -> None:
@@ -295,21 +315,24 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     samples = result["samples"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     panels = (
         ("latency", "p50_ms", "p50 latency, 1 connection (ms)"),
         ("latency", "p99_ms", "p99 latency, 1 connection (ms)"),
         ("throughput", "requests_per_second", "throughput (req/s)"),
     )
-    for axis, (measure_, field, title) in zip(axes, panels, strict=True):
-        for x, server in enumerate(("off", "on")):
-            values = [
-                s[field] for s in samples if s["server"] == server and s["measure"] == measure_
-            ]
-            axis.bar(x, statistics.median(values), color=("#888888", "#d95f02")[x], alpha=0.6)
-            axis.scatter([x] * len(values), values, color="black", s=12, zorder=3)
-        axis.set_xticks([0, 1], ["limiter off", "limiter on"])
-        axis.set_title(title)
+    fig, axes = plt.subplots(len(PATHS), 3, figsize=(12, 3.5 * len(PATHS)), squeeze=False)
+    for row, route in zip(axes, PATHS, strict=True):
+        for axis, (measure_, field, title) in zip(row, panels, strict=True):
+            for x, server in enumerate(("off", "on")):
+                values = [
+                    s[field]
+                    for s in samples
+                    if (s["path"], s["server"], s["measure"]) == (route, server, measure_)
+                ]
+                axis.bar(x, statistics.median(values), color=("#888888", "#d95f02")[x], alpha=0.6)
+                axis.scatter([x] * len(values), values, color="black", s=12, zorder=3)
+            axis.set_xticks([0, 1], ["limiter off", "limiter on"])
+            axis.set_title(f"{route}: {title}", fontsize=9)
     fig.suptitle("Rate limiter cost: bars are medians, dots are rounds")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

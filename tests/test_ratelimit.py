@@ -280,3 +280,15 @@ async def test_a_frozen_redis_costs_a_request_no_more_than_the_timeout(
     assert not any("ratelimit" in r.headers for r in frozen)
     assert elapsed < 10, "requests waited on a frozen Redis far longer than the timeout"
     assert [r.status_code for r in thawed][-1] == 429
+
+
+async def test_openapi_documents_the_429_on_every_limited_operation(limited: MakeSettings) -> None:
+    async with client_at(limited(RATE_LIMIT_FAIL_OPEN=False)) as client:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+    products = paths["/api/v1/products"]["get"]["responses"]
+    assert products["429"]["content"]["application/problem+json"]["schema"] == {
+        "$ref": "#/components/schemas/Problem"
+    }
+    assert set(products["429"]["headers"]) == {"RateLimit-Policy", "RateLimit", "Retry-After"}
+    assert "503" in paths["/api/v1/orders"]["post"]["responses"]  # failing closed
+    assert "429" not in paths["/health"]["get"]["responses"]
