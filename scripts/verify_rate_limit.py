@@ -637,7 +637,8 @@ def _summary(result: dict[str, Any]) -> str:
     )
     lines.append("")
     if result["ok"]:
-        lines.append("OK: every client got exactly its quota, across all workers")
+        across = ", decided by every worker" if workers["observable"] else ""
+        lines.append(f"OK: every client got exactly its quota{across}")
     else:
         lines.append("DEVIATIONS:")
         lines.extend(f"  - {deviation}" for deviation in result["deviations"])
