@@ -165,6 +165,20 @@ def test_waited_on_services_have_health_checks_and_one_shots_finish() -> None:
                 assert "command" in target, dependency
 
 
+def test_every_one_shot_is_awaited_by_a_long_running_service() -> None:
+    """`docker compose up --wait` (make up) fails on a one-shot's clean exit unless a
+    long-running service waits for it with service_completed_successfully
+    (docker/compose#10596)."""
+    long_running = {name: s for name, s in services().items() if name not in one_shots()}
+    for one_shot in one_shots():
+        awaited_by = [
+            name
+            for name, service in long_running.items()
+            if _depends_on(service).get(one_shot) == "service_completed_successfully"
+        ]
+        assert awaited_by, f"{one_shot} is awaited by no long-running service"
+
+
 def test_every_long_running_service_has_a_health_check() -> None:
     for name, service in services().items():
         if name in one_shots():
