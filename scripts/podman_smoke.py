@@ -1,6 +1,6 @@
 """Smoke-build the project's Dockerfile with podman, offline, and check that the image runs.
 
-    python scripts/podman_smoke.py [--json] [--rebuild-base] [--keep-image]
+    python scripts/podman_smoke.py [--json] [--rebuild-base]
 
 Nothing can be pulled on this kind of machine, so the script builds a stand-in for
 `python:3.12-slim` (debootstrap Debian bookworm + python3, venv, pip, ca-certificates,
@@ -20,6 +20,9 @@ no-new-privileges) against the host's Postgres and Redis, and checks:
 Network rule: every container runs with `--network host` (or `none` when it needs no
 network); podman's default bridge is never used (its private-range addresses are
 off-limits here). The private containers.conf also makes the host netns the default.
+
+The image stays as `localhost/parity-api:smoke` to explore (`podman run --rm -it
+--network=none localhost/parity-api:smoke bash`).
 
 Exit status: 0 every check passed; 1 a check failed; 3 podman cannot run on this
 machine (nothing was checked; the message says why).
@@ -546,11 +549,13 @@ def run(args: argparse.Namespace, report: Report) -> None:
                 smoke.check_term(container)
             finally:
                 podman("rm", "--force", "--time=0", container, check=False)
-        if not args.keep_image:
-            podman("rmi", IMAGE, check=False)
-            # Untagged leftovers of this build (labelled below); the layer cache of the
-            # current Dockerfile stays, so the next run is warm.
-            podman("image", "prune", "--force", "--filter=label=parity.smoke=1", check=False)
+        # The untagged intermediate images are podman's layer cache: pruning them would
+        # make every run cold. Only those of builds more than a day old go, so the disk
+        # holds about a day of smoke builds at most.
+        podman(
+            "image", "prune", "--force", "--filter=label=parity.smoke=1", "--filter=until=24h",
+            check=False,
+        )  # fmt: skip
     finally:
         conf.unlink(missing_ok=True)
 
@@ -603,9 +608,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "--rebuild-base", action="store_true", help="debootstrap the stand-in base again"
-    )
-    parser.add_argument(
-        "--keep-image", action="store_true", help=f"keep {IMAGE} afterwards (to explore it)"
     )
     parser.add_argument(
         "--mirror", default=DEFAULT_MIRROR, help=f"Debian mirror (default {DEFAULT_MIRROR})"
