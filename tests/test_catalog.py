@@ -81,7 +81,16 @@ async def test_empty_patch_changes_nothing(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"name": None}, {"stock": -1}, {"price_cents": "12"}, {"colour": "red"}, {"stock": 10**12}],
+    [
+        {"name": None},
+        {"stock": -1},
+        {"price_cents": "12"},
+        {"price_cents": True},
+        {"price_cents": 12.5},
+        {"colour": "red"},
+        {"stock": 10**12},
+        {"name": "nul\u0000inside"},
+    ],
 )
 async def test_patch_refuses_bad_fields(client: httpx.AsyncClient, body: dict[str, object]) -> None:
     product = await create_product(client)
@@ -89,6 +98,34 @@ async def test_patch_refuses_bad_fields(client: httpx.AsyncClient, body: dict[st
     assert response.status_code == 422
     assert response.json()["type"] == "urn:parity:problem:validation-error"
     assert (await client.get(f"/api/v1/products/{product['id']}")).json() == product
+
+
+async def test_nul_characters_are_a_422_not_a_database_error(client: httpx.AsyncClient) -> None:
+    """Found by schemathesis: Postgres cannot store U+0000 in text and the insert failed
+    with a 500. The schema now says so (a pattern) and validation refuses it."""
+    for field in ("name", "description"):
+        body = {"sku": f"NUL-{field}", "name": "n", "price_cents": 1, "stock": 1, field: "a\x00b"}
+        response = await client.post("/api/v1/products", json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["body", field]
+
+
+async def test_integral_floats_are_integers_as_in_json_schema(client: httpx.AsyncClient) -> None:
+    """Found by schemathesis: JSON Schema's `integer` includes 3.0, so the API takes it."""
+    product = await create_product(client, price_cents=250.0, stock=4.0)
+    assert (product["price_cents"], product["stock"]) == (250, 4)
+    patched = await client.patch(f"/api/v1/products/{product['id']}", json={"stock": 7.0})
+    assert patched.json()["stock"] == 7
+
+
+async def test_patch_schema_does_not_offer_null(client: httpx.AsyncClient) -> None:
+    """Found by schemathesis: the document allowed `null` for PATCH fields, which the
+    server refuses. Fields are optional, never nullable."""
+    schema = (await client.get("/openapi.json")).json()["components"]["schemas"]["ProductUpdate"]
+    for name, field in schema["properties"].items():
+        assert "anyOf" not in field, name
+        assert field.get("type") != "null", name
+        assert "default" not in field, name
 
 
 async def test_unknown_product_is_a_404_problem(client: httpx.AsyncClient) -> None:

@@ -3,16 +3,23 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from app.fields import IntegralFloat, Text
 
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=10_000)]
-# Upper bounds keep a typo (or a fuzzer) from storing absurd values.
-PriceCents = Annotated[int, Field(ge=0, le=100_000_000)]
-Stock = Annotated[int, Field(ge=0, le=1_000_000_000)]
+Name = Annotated[Text, Field(min_length=1, max_length=200)]
+Description = Annotated[Text, Field(max_length=10_000)]
+# Upper bounds keep a typo (or a fuzzer) from storing absurd values; both fit the
+# `integer` columns (2**31 - 1) with room to spare.
+PriceCents = Annotated[int, Field(ge=0, le=100_000_000), IntegralFloat]
+Stock = Annotated[int, Field(ge=0, le=1_000_000_000), IntegralFloat]
+# `None` is the "not sent" default; SkipJsonSchema keeps `null` out of the OpenAPI
+# document, because an explicit null is refused (see `_no_explicit_nulls`).
+NotSent = SkipJsonSchema[None]
 
 
 class ProductCreate(BaseModel):
@@ -25,15 +32,22 @@ class ProductCreate(BaseModel):
     stock: Stock
 
 
+def _without_null_defaults(schema: dict[str, Any]) -> None:
+    # "default": null would invite clients (and fuzzers) to send the null we refuse.
+    for field_schema in schema.get("properties", {}).values():
+        if field_schema.get("default", ...) is None:
+            del field_schema["default"]
+
+
 class ProductUpdate(BaseModel):
     """Fields left out are not changed; `null` is not a value for any of them."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_without_null_defaults)
 
-    name: Name | None = None
-    description: Description | None = None
-    price_cents: PriceCents | None = None
-    stock: Stock | None = None
+    name: Name | NotSent = None
+    description: Description | NotSent = None
+    price_cents: PriceCents | NotSent = None
+    stock: Stock | NotSent = None
 
     @model_validator(mode="after")
     def _no_explicit_nulls(self) -> Self:

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Self
+from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.fields import IntegralFloat
 
 MAX_QUANTITY = 1_000
 MAX_LINES = 50
@@ -13,8 +15,8 @@ MAX_LINES = 50
 class OrderLine(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    product_id: int = Field(ge=1, le=2**63 - 1)
-    quantity: int = Field(ge=1, le=MAX_QUANTITY)
+    product_id: Annotated[int, Field(ge=1, le=2**63 - 1), IntegralFloat]
+    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY), IntegralFloat]
 
 
 class OrderCreate(BaseModel):
