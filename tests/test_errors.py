@@ -42,6 +42,19 @@ async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) 
     assert "GET" in wrong_method.headers["allow"]
 
 
+async def test_405_allow_lists_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    """Found by schemathesis: GET and POST live on two routes, and Starlette's 405 named
+    only the first one."""
+    for path, allowed in (
+        ("/api/v1/products", "GET, POST"),
+        ("/api/v1/products/1", "GET, PATCH"),
+        ("/api/v1/orders", "POST"),
+    ):
+        response = await client.request("PUT", path)
+        assert response.status_code == 405
+        assert response.headers["allow"] == allowed, path
+
+
 async def test_database_outage_is_a_fast_503_with_retry_after(
     make_settings: Callable[..., Settings],
 ) -> None:
