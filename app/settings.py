@@ -11,14 +11,16 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+
+_ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 
 # Values of these variables are never echoed back in an error message or a repr.
 SECRET_FIELDS = frozenset({"DATABASE_URL", "REDIS_URL"})
@@ -70,6 +72,19 @@ class Settings(BaseSettings):
     # --- Health --------------------------------------------------------------------
     READY_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=30)] = 1.0
 
+    # --- Input and resource limits (docs/reliability.md explains each number) -------
+    # Larger bodies get 413 before the app reads them. Our largest valid body (a product
+    # with a 10,000-character description) is well under 100 KB.
+    MAX_REQUEST_BODY_BYTES: int = Field(1_048_576, ge=1024, le=1_073_741_824)
+    # A request still running after this long is cancelled (its database statement
+    # too) and answered 504. Above the slowest legitimate path (pool wait 2 s + one
+    # statement 5 s), below the drain budget of a graceful shutdown.
+    REQUEST_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=600)] = 10.0
+    # Request line + headers must arrive within this long (slowloris), and total at
+    # most this many bytes (httptools itself has no limit).
+    HEADER_READ_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=600)] = 10.0
+    MAX_REQUEST_HEADER_BYTES: int = Field(32_768, ge=1024, le=1_048_576)
+
     # --- Gunicorn (read by gunicorn.conf.py) ----------------------------------------
     GUNICORN_BIND: str = "0.0.0.0:8000"
     # None: one worker per CPU actually available to the process (see app/worker.py).
@@ -79,9 +94,28 @@ class Settings(BaseSettings):
     GUNICORN_KEEPALIVE: int = Field(75, ge=0, le=3600)
     GUNICORN_MAX_REQUESTS: int = Field(100_000, ge=0)
     GUNICORN_MAX_REQUESTS_JITTER: int = Field(10_000, ge=0)
+    # Open connections per worker (Uvicorn's limit_concurrency): beyond it a new
+    # request gets a 503 problem at once instead of queueing. Idle keep-alive
+    # connections count, so it must exceed the connection pools of the proxies in
+    # front; each connection costs a file descriptor and some kilobytes.
+    GUNICORN_WORKER_CONNECTIONS: int = Field(1000, ge=1, le=100_000)
+    # Kernel accept queue of the listening socket (capped by net.core.somaxconn).
+    GUNICORN_BACKLOG: int = Field(2048, ge=1, le=65_535)
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed. Never "*" by
     # default: with "*" any client can claim any address.
     FORWARDED_ALLOW_IPS: str = "127.0.0.1,::1"
+
+    # --- Security ------------------------------------------------------------------
+    # /docs, /redoc and /openapi.json. The schema describes public routes only; turn it
+    # off where you do not want the API surface browsable.
+    DOCS_ENABLED: bool = True
+    # Browser origins allowed to call the API (CORS); empty = no CORS headers at all.
+    # Comma-separated: CORS_ALLOW_ORIGINS=https://app.example.com,https://admin.example.com
+    CORS_ALLOW_ORIGINS: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    CORS_ALLOW_CREDENTIALS: bool = False
+    # Strict-Transport-Security max-age, sent on HTTPS requests only (behind a TLS
+    # proxy: X-Forwarded-Proto from a FORWARDED_ALLOW_IPS peer). 0 = never sent.
+    HSTS_MAX_AGE_SECONDS: int = Field(0, ge=0, le=63_072_000)
 
     # --- Logging -------------------------------------------------------------------
     LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
@@ -146,6 +180,41 @@ class Settings(BaseSettings):
     @property
     def rate_limit_exempt_paths(self) -> frozenset[str]:
         return frozenset(_split(self.RATE_LIMIT_EXEMPT_PATHS, ","))
+
+    @field_validator("CORS_ALLOW_ORIGINS", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("CORS_ALLOW_ORIGINS")
+    @classmethod
+    def _origins_are_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+        return value
+
+    @model_validator(mode="after")
+    def _no_credentials_for_any_origin(self) -> Self:
+        # Browsers refuse `*` with credentials; a server that echoes any Origin back
+        # instead would hand every website the user's session.
+        if self.CORS_ALLOW_CREDENTIALS and "*" in self.CORS_ALLOW_ORIGINS:
+            raise ValueError(
+                "CORS_ALLOW_CREDENTIALS=true cannot be combined with CORS_ALLOW_ORIGINS=*: "
+                "list the origins"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _requests_finish_within_the_shutdown_budget(self) -> Self:
+        if self.REQUEST_TIMEOUT_SECONDS >= self.GUNICORN_GRACEFUL_TIMEOUT:
+            raise ValueError(
+                "REQUEST_TIMEOUT_SECONDS must be below GUNICORN_GRACEFUL_TIMEOUT, or a "
+                "graceful shutdown kills requests the timeout would have let finish"
+            )
+        return self
 
     @property
     def database_url_masked(self) -> str:
@@ -250,7 +319,9 @@ def describe_errors(error: ValidationError) -> list[str]:
     for item in error.errors(include_url=False):
         name = ".".join(str(part) for part in item["loc"]) or "settings"
         message = item["msg"].removeprefix("Value error, ")
-        if name in SECRET_FIELDS or "input" not in item:
+        # A rule across variables has no loc, and its input is *every* variable,
+        # secrets included: never echo that.
+        if not item["loc"] or name in SECRET_FIELDS or "input" not in item:
             lines.append(f"invalid configuration: {name}: {message}")
         else:
             lines.append(f"invalid configuration: {name}={item['input']!r}: {message}")

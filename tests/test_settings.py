@@ -22,6 +22,9 @@ def test_defaults_describe_a_local_stack(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.GUNICORN_BIND == "0.0.0.0:8000"
     assert settings.GUNICORN_WORKERS is None
     assert "*" not in settings.FORWARDED_ALLOW_IPS
+    assert settings.CORS_ALLOW_ORIGINS == []
+    assert settings.CORS_ALLOW_CREDENTIALS is False
+    assert settings.HSTS_MAX_AGE_SECONDS == 0
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,6 +62,13 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
         ("RATE_LIMIT_ROUTES", "a=1/1s; a=2/1s", "policy 'a' is defined twice"),
         ("RATE_LIMIT_EXEMPT_PATHS", "health", "'health' is not a path (must start with /)"),
         ("RATE_LIMIT_KEY_HEADER", "X API Key", "RATE_LIMIT_KEY_HEADER='X API Key': String"),
+        (
+            "CORS_ALLOW_ORIGINS",
+            "https://app.example.com/login",
+            "CORS_ALLOW_ORIGINS='https://app.example.com/login': "
+            "'https://app.example.com/login' is not an origin",
+        ),
+        ("MAX_REQUEST_BODY_BYTES", "-1", "MAX_REQUEST_BODY_BYTES='-1': Input should be greater"),
     ],
 )
 def test_bad_value_exits_with_one_line_naming_the_variable(
@@ -106,6 +116,31 @@ def test_secret_values_are_never_echoed(
     settings = Settings(DATABASE_URL="postgresql+asyncpg://app:hunter2secret@db/app")
     assert "hunter2secret" not in repr(settings)
     assert "hunter2secret" not in settings.database_url_masked
+
+
+def test_cors_origins_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORS_ALLOW_ORIGINS", "https://app.example.com, http://localhost:3000")
+    assert Settings().CORS_ALLOW_ORIGINS == ["https://app.example.com", "http://localhost:3000"]
+
+
+def test_any_origin_with_credentials_is_refused_without_echoing_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rule across variables is reported without its input: that input is every
+    variable, the database password included."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app:hunter2secret@db/app")
+    monkeypatch.setenv("CORS_ALLOW_ORIGINS", "*")
+    monkeypatch.setenv("CORS_ALLOW_CREDENTIALS", "true")
+    with pytest.raises(SystemExit):
+        load_settings()
+    err = capsys.readouterr().err
+    assert "CORS_ALLOW_CREDENTIALS=true cannot be combined with CORS_ALLOW_ORIGINS=*" in err
+    assert "hunter2secret" not in err
+
+
+def test_request_timeout_must_fit_in_the_shutdown_budget() -> None:
+    with pytest.raises(ValueError, match="below GUNICORN_GRACEFUL_TIMEOUT"):
+        Settings(REQUEST_TIMEOUT_SECONDS=30, GUNICORN_GRACEFUL_TIMEOUT=30)
 
 
 def test_gunicorn_refuses_to_start_on_a_bad_value() -> None:
