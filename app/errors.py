@@ -15,7 +15,7 @@ client.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -198,10 +198,27 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def document_problem_responses(openapi: dict[str, Any]) -> dict[str, Any]:
+# Problems any operation can answer, whatever its route does: the layers around it.
+GLOBAL_PROBLEMS = {
+    400: "The body could not be decoded (not UTF-8, or nested too deeply to parse)",
+    413: "The body exceeds MAX_REQUEST_BODY_BYTES",
+    503: "A dependency is unavailable, or this worker is at its connection limit "
+    "(GUNICORN_WORKER_CONNECTIONS); see `Retry-After`",
+    504: "The request did not complete within REQUEST_TIMEOUT_SECONDS and was cancelled",
+}
+
+
+def document_problem_responses(
+    openapi: dict[str, Any],
+    *,
+    every_operation: Iterable[int] = (),
+    with_body: Iterable[int] = (),
+) -> dict[str, Any]:
     """Make the OpenAPI document say what the server sends: every 4xx/5xx response of
     every operation is `application/problem+json` with the `Problem` schema (FastAPI's
-    generated 422 describes its default `HTTPValidationError` JSON, which we never send)."""
+    generated 422 describes its default `HTTPValidationError` JSON, which we never send),
+    and the statuses that middleware and the server add are listed on every operation
+    (`every_operation`) or every operation with a request body (`with_body`)."""
     problem_schema = {"$ref": "#/components/schemas/Problem"}
     schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
     schemas.setdefault(
@@ -209,7 +226,11 @@ def document_problem_responses(openapi: dict[str, Any]) -> dict[str, Any]:
     )
     for path_item in openapi.get("paths", {}).values():
         for operation in path_item.values():
-            for status, response in operation.get("responses", {}).items():
+            responses = operation.setdefault("responses", {})
+            added = [*every_operation, *(with_body if "requestBody" in operation else ())]
+            for status in added:
+                responses.setdefault(str(status), {"description": GLOBAL_PROBLEMS[status]})
+            for status, response in responses.items():
                 if status[:1] in {"4", "5"}:
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": problem_schema}}
     for unused in ("HTTPValidationError", "ValidationError"):

@@ -23,8 +23,10 @@ from app.catalog.routes import router as catalog_router
 from app.deps import Resources
 from app.errors import document_problem_responses, install_error_handlers
 from app.health import router as health_router
+from app.limits import BodySizeLimitMiddleware, HandlerTimeoutMiddleware
 from app.orders.routes import router as orders_router
 from app.ratelimit import RateLimitMiddleware, document_rate_limits
+from app.security import SecurityHeadersMiddleware, cors_middleware
 from app.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -91,20 +93,31 @@ def build_middleware(settings: Settings) -> list[Middleware]:
     3. admission control (rate limiting) before any work is done;
     4. input limits (body size, handler timeout) closest to the routes.
     """
-    middleware: list[Middleware] = []
+    headers = [Middleware(SecurityHeadersMiddleware, hsts_max_age=settings.HSTS_MAX_AGE_SECONDS)]
+    if settings.CORS_ALLOW_ORIGINS:
+        headers.append(cors_middleware(settings))
+    admission: list[Middleware] = []
     if settings.RATE_LIMIT_ENABLED:
-        middleware.append(Middleware(RateLimitMiddleware, settings=settings))
-    return middleware
+        admission.append(Middleware(RateLimitMiddleware, settings=settings))
+    input_limits = [
+        Middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES),
+        Middleware(HandlerTimeoutMiddleware, seconds=settings.REQUEST_TIMEOUT_SECONDS),
+    ]
+    return [*headers, *admission, *input_limits]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    docs = settings.DOCS_ENABLED
     app = FastAPI(
         title="parity API",
         version=__version__,
         summary="A FastAPI service run the way production runs it.",
         lifespan=make_lifespan(settings),
         middleware=build_middleware(settings),
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -117,7 +130,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             schema = get_openapi(
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
-            app.openapi_schema = document_problem_responses(document_rate_limits(schema, settings))
+            app.openapi_schema = document_problem_responses(
+                document_rate_limits(schema, settings),
+                every_operation=(503, 504),
+                with_body=(400, 413),
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

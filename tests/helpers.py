@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
@@ -17,7 +18,14 @@ from app.settings import Settings
 @asynccontextmanager
 async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """An httpx client on an app built from `settings`, its lifespan running."""
-    async with LifespanManager(create_app(settings)) as manager:
+    async with asgi_client(create_app(settings)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on `app` (e.g. one a test added a route to), its lifespan running."""
+    async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
