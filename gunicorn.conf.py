@@ -32,6 +32,12 @@ keepalive = settings.GUNICORN_KEEPALIVE
 max_requests = settings.GUNICORN_MAX_REQUESTS
 max_requests_jitter = settings.GUNICORN_MAX_REQUESTS_JITTER
 forwarded_allow_ips = settings.FORWARDED_ALLOW_IPS
+# Open connections per worker; our worker class makes it Uvicorn's limit_concurrency
+# (a 503 problem beyond it). Idle keep-alive connections count (docs/reliability.md).
+worker_connections = settings.GUNICORN_WORKER_CONNECTIONS
+# Kernel accept queue. A small one does not shed load faster: a full queue drops SYNs
+# and clients retransmit after 1 s, 3 s, ... Fast refusal is worker_connections' job.
+backlog = settings.GUNICORN_BACKLOG
 # Workers import the app after the fork: nothing (pools, threads, OpenTelemetry) is
 # shared across processes, and HUP reloads code.
 preload_app = False

@@ -9,6 +9,9 @@ from typing import Any, ClassVar
 
 from uvicorn_worker import UvicornWorker as _UvicornWorker
 
+from app.http_protocol import HardenedHttpToolsProtocol
+from app.settings import Settings, load_settings
+
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
@@ -47,11 +50,27 @@ def default_workers() -> int:
     return available_cpus()
 
 
+def limit_options(settings: Settings, worker_connections: int) -> dict[str, Any]:
+    """Uvicorn options for the limits of docs/reliability.md.
+
+    - `http`: Uvicorn's httptools protocol with a header read timeout, a header size
+      limit and a problem+json 503 (app/http_protocol.py).
+    - `limit_concurrency`: Gunicorn's own `worker_connections` knob, which
+      uvicorn-worker ignores; beyond it a new request is answered 503 at once.
+    """
+    protocol = HardenedHttpToolsProtocol.configured(
+        header_read_timeout=settings.HEADER_READ_TIMEOUT_SECONDS,
+        max_header_bytes=settings.MAX_REQUEST_HEADER_BYTES,
+    )
+    return {"http": protocol, "limit_concurrency": worker_connections}
+
+
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # untyped base
     """uvicorn-worker's class (`uvicorn.workers` is deprecated) with our Uvicorn options.
 
     - `lifespan="on"`: a broken lifespan is an error, not silently skipped.
     - `server_header=False`: do not advertise the server software.
+    - the limits of `limit_options`, read from the settings in each worker.
     """
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
@@ -60,3 +79,11 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # untyped base
         "lifespan": "on",
         "server_header": False,
     }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The base class builds Uvicorn's Config from the class-level CONFIG_KWARGS,
+        # which cannot depend on settings; Config is loaded only later, in the worker.
+        options = limit_options(load_settings(), self.cfg.worker_connections)
+        for name, value in options.items():
+            setattr(self.config, name, value)

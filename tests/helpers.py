@@ -42,3 +42,17 @@ async def create_product(client: httpx.AsyncClient, **fields: Any) -> dict[str, 
     assert response.status_code == 201, response.text
     product: dict[str, Any] = response.json()
     return product
+
+
+def create_product_sync(base_url: str, **fields: Any) -> dict[str, Any]:
+    """`create_product` against a running server (a real Gunicorn)."""
+    body = {
+        "sku": f"T-{uuid.uuid4().hex[:12]}",
+        "name": "Test product",
+        "price_cents": 1234,
+        "stock": 10,
+    }
+    response = httpx.post(f"{base_url}/api/v1/products", json={**body, **fields}, timeout=10)
+    assert response.status_code == 201, response.text
+    product: dict[str, Any] = response.json()
+    return product

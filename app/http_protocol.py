@@ -1,0 +1,181 @@
+"""The HTTP/1.1 protocol our workers speak: Uvicorn's httptools protocol plus the limits
+it lacks (checked against uvicorn 0.54 / httptools 0.9; `tests/test_http_limits.py`
+runs each against a real Gunicorn).
+
+1. **Header read timeout.** Uvicorn starts no timer until a response has been sent: a
+   client that connects and sends nothing, or sends its headers a byte at a time
+   (slowloris), holds its connection forever, and with it one of the worker's
+   `limit_concurrency` slots. Here the request line and headers must be complete within
+   `header_read_timeout` seconds of the connection (or of the first byte of a
+   keep-alive request), else the answer is 408 and the connection is closed. A slow
+   *body* is bounded by the handler timeout (app/limits.py), which covers reading it.
+2. **Header size.** httptools accepts any amount of header data (we sent 20 MB of one
+   header and 100,000 headers: both were served). Here the request line plus headers
+   may total `max_header_bytes`, else the answer is 431.
+3. **Overload answers in our format.** Beyond `limit_concurrency` Uvicorn answers a
+   plain-text 503; here it is a problem+json 503 with `Retry-After`, like every other
+   error of the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = b"application/problem+json"
+OVERLOAD_RETRY_AFTER_SECONDS = 1
+
+
+def problem_bytes(status: HTTPStatus, detail: str) -> bytes:
+    """A problem+json body (the same shape as app/errors.py, which this low layer cannot
+    import without pulling in the whole app)."""
+    body = {"type": "about:blank", "title": status.phrase, "status": status.value}
+    return json.dumps({**body, "detail": detail}).encode()
+
+
+class _RequestRejected(Exception):
+    """Raised inside a parser callback to stop parsing a request we have answered."""
+
+
+class HardenedHttpToolsProtocol(HttpToolsProtocol):
+    """`HttpToolsProtocol` with a header read timeout, a header size limit and a
+    problem+json overload answer. Configure with `configured(...)`."""
+
+    header_read_timeout: ClassVar[float] = 10.0
+    max_header_bytes: ClassVar[int] = 32 * 1024
+
+    @classmethod
+    def configured(
+        cls, *, header_read_timeout: float, max_header_bytes: int
+    ) -> type[HardenedHttpToolsProtocol]:
+        """A subclass with these limits (Uvicorn's `http=` takes a class, not an instance)."""
+        limits = {"header_read_timeout": header_read_timeout, "max_header_bytes": max_header_bytes}
+        return type(cls.__name__, (cls,), limits)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_bytes = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._rejected = False
+
+    # --- header read timeout -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        # A new connection's timer already runs since connect; a keep-alive request's
+        # starts with its first byte (the idle time before it is Uvicorn's keep-alive).
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(
+                self.header_read_timeout, self._header_read_timed_out
+            )
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_read_timed_out(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a response is being written: the slow bytes are a pipelined request
+        self._reject(
+            HTTPStatus.REQUEST_TIMEOUT,
+            f"the request headers did not arrive within {self.header_read_timeout:g} s",
+        )
+
+    # --- header size limit ------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.max_header_bytes:
+            self._reject(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                f"the request line and headers exceed {self.max_header_bytes} bytes",
+            )
+            raise _RequestRejected  # httptools stops parsing and re-raises it wrapped
+
+    def send_400_response(self, msg: str) -> None:
+        # Uvicorn answers 400 to any parser error, including the one we raised above.
+        if not self._rejected:
+            super().send_400_response(msg)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._rejected:
+            super().data_received(data)
+
+    # --- answering without the app ------------------------------------------------
+
+    def _reject(self, status: HTTPStatus, detail: str) -> None:
+        """Answer `status` with a problem body and close the connection."""
+        self._rejected = True
+        self._disarm_header_timer()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
+        logger.warning("%s: %d %s", client, status.value, detail)
+        body = problem_bytes(status, detail)
+        head = [f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode()]
+        for name, value in self.server_state.default_headers:
+            head.append(name + b": " + value + b"\r\n")
+        head += [
+            b"content-type: " + PROBLEM_MEDIA_TYPE + b"\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if app is service_unavailable:  # Uvicorn's choice when limit_concurrency is hit
+            app = overloaded
+        super()._start_asgi_task(cycle, app)
+
+
+async def overloaded(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    """503 problem+json for a request beyond the worker's `limit_concurrency`. Closes the
+    connection: open connections are what the limit counts."""
+    body = problem_bytes(
+        HTTPStatus.SERVICE_UNAVAILABLE, "this worker is at its connection limit; retry shortly"
+    )
+    headers = [
+        (b"content-type", PROBLEM_MEDIA_TYPE),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(OVERLOAD_RETRY_AFTER_SECONDS).encode()),
+        (b"cache-control", b"no-store"),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
