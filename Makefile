@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help venv services run test lint format lock clean dashboards verify-dashboards tools smoke up down logs
+.PHONY: help venv services run test lint audit format lock clean dashboards verify-dashboards tools smoke up down logs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test: venv services ## run the test suite against the real Postgres, Redis and G
 
 lint: venv ## ruff (lint + format check) and mypy --strict on app/
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+audit: venv ## pip-audit the pinned requirements (says so when it could not check)
+	$(BIN)/python scripts/audit_deps.py
 
 format: venv ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
