@@ -17,10 +17,13 @@ class, `BrowseUser`) runs one of them:
   that is not a 2xx is a failure.
 - mixed (MixedUser): a weighted blend of browsing and buying with think time.
 
-Every simulated user is its own client identity (`--identity`): an `X-Forwarded-For`
-address, which Gunicorn believes from loopback (`FORWARDED_ALLOW_IPS`), or an API key.
-Without one, all users would share 127.0.0.1 and the rate limiter would rightly throttle
-them as one client.
+The rate limiter counts per client, so every simulated user is a client of its own: it
+sends its own API key (`--identity-header`, the limiter's `RATE_LIMIT_KEY_HEADER`).
+`--identity request` makes every request a new client instead (capacity tests: the
+limiter does all its work and never limits); `--identity none` sends no key, so all users
+are one client (the generator's address). Burst users always keep one identity each.
+With the default think time every scenario stays below the default quotas (100/min,
+20 writes/min): buyers pause six times as long as browsers.
 
 Load shapes (`--shape`): `constant` (-u users at -r per second for -t), `step` (add
 `--step-users` every `--step-seconds` up to -u: find the knee) and `spike` (a baseline of
@@ -143,9 +146,15 @@ def add_arguments(parser: Any) -> None:
     option(
         "--identity",
         web_ui=False,
-        choices=("forwarded-for", "none"),
-        default="forwarded-for",
-        help="how each user identifies as its own client (default forwarded-for)",
+        choices=("user", "request", "none"),
+        default="user",
+        help="rate-limit identity: one per user (default), a new one per request, or none",
+    )
+    option(
+        "--identity-header",
+        web_ui=False,
+        default="X-API-Key",
+        help="header carrying the identity (the API's RATE_LIMIT_KEY_HEADER; default X-API-Key)",
     )
     option(
         "--prometheus-port",
@@ -198,7 +207,8 @@ def _keep_user_classes_with_tasks(environment: Environment) -> None:
 
 
 def _think(user: ParityUser) -> float:
-    mean = user.environment.parsed_options.think_time if user.environment.parsed_options else 1
+    options = user.environment.parsed_options
+    mean = (options.think_time if options else 1.0) * user.think_factor
     return random.uniform(0.5 * mean, 1.5 * mean) if mean else 0.0
 
 
@@ -208,13 +218,16 @@ class ParityUser(FastHttpUser):
     abstract = True
     scenario = "?"
     wait_time = _think
+    think_factor = 1.0
     _next_index = 0
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         ParityUser._next_index += 1
-        self.identity_headers = _identity_headers(environment, ParityUser._next_index)
         options = environment.parsed_options
+        self.identity_mode = options.identity if options else "user"
+        self.identity_header = options.identity_header if options else "X-API-Key"
+        self.identity = f"loadtest-{self.scenario}-{ParityUser._next_index}"
         self.product_count = options.product_count if options else 10_000
         self.hot_products = options.hot_products if options else 20
         self.retry_ratio = options.retry_ratio if options else 0.2
@@ -224,7 +237,13 @@ class ParityUser(FastHttpUser):
         return {"scenario": self.scenario}
 
     def headers(self, **extra: str) -> dict[str, str]:
-        return {**self.identity_headers, **extra}
+        """The client identity (see the module docstring) plus `extra`."""
+        if self.identity_mode == "none" or not self.identity_header:
+            return extra
+        identity = self.identity
+        if self.identity_mode == "request" and self.scenario != "burst":
+            identity = f"loadtest-{random.getrandbits(64):016x}"
+        return {self.identity_header: identity, **extra}
 
     # -- browse ---------------------------------------------------------------------
 
@@ -327,6 +346,7 @@ class BrowseUser(ParityUser):
 class BuyUser(ParityUser):
     weight = 3
     scenario = "buy"
+    think_factor = 6.0  # stays below the default write quota of 20/min per client
 
     @tag("buy")
     @task
@@ -371,16 +391,6 @@ class MixedUser(ParityUser):
     @task(1)
     def order(self) -> None:
         self.place_order()
-
-
-def _identity_headers(environment: Environment, index: int) -> dict[str, str]:
-    """A distinct client address per user, from the IPv6 documentation prefix
-    (2001:db8::/32, RFC 3849: never routed) with its own /64, so a limiter that groups
-    IPv6 clients by /64 still sees separate clients. Only a header: no traffic goes there."""
-    options = environment.parsed_options
-    if options is not None and options.identity == "none":
-        return {}
-    return {"X-Forwarded-For": f"2001:db8:{index >> 16:x}:{index & 0xFFFF:x}::1"}
 
 
 def _expect_json(response: Any, status: int) -> dict[str, Any] | None:

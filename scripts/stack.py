@@ -72,6 +72,12 @@ async def _admin(database_url: str, statement: str, *args: object) -> Any:
         await connection.close()
 
 
+def fetch_value(database_url: str, statement: str, *args: object) -> Any:
+    """The first value of one query on the server's maintenance database (server
+    settings, `pg_stat_activity`), for scripts that report on the server."""
+    return asyncio.run(_admin(database_url, statement, *args))
+
+
 def _quoted_name(database_url: str) -> str:
     name = make_url(database_url).database or ""
     return '"' + name.replace('"', '""') + '"'
@@ -339,6 +345,39 @@ class ComposeStack:
 
     def start_service(self, name: str) -> None:
         self.compose("start", name)
+
+    def recreate(self, env: Mapping[str, str], service: str | None = None) -> None:
+        """Recreate one service (default: the API) with `env` set for compose's variable
+        interpolation, e.g. {"GUNICORN_WORKERS": "4"} with compose.yaml's
+        `GUNICORN_WORKERS: ${GUNICORN_WORKERS:-...}`; its dependencies are left alone."""
+        result = subprocess.run(
+            ["docker", "compose", "up", "--detach", "--no-deps", "--force-recreate",
+             service or self.service],
+            cwd=self.project_dir,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise StackError(
+                f"docker compose up {service or self.service} failed:\n{result.stderr.strip()}"
+            )
+
+    def wait_ready(self, timeout: float = 60.0, path: str = "/ready") -> None:
+        """Poll the published API until `path` answers 200."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(self.base_url + path, timeout=2)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            time.sleep(0.5)
+        raise StackError(f"{self.base_url}{path} not ready after {timeout}s ({last})")
 
 
 def iter_json_lines(text: str) -> Iterator[dict[str, Any]]:
