@@ -408,6 +408,7 @@ class Sweep:
                     f"server CPU so far {samples.cpu_percent:.0f}%"
                 )
 
+        log(f"  measuring {duration:g}s")
         with sampling(self.target, 1.0, progress) as samples:
             result = self.locust(workers, "run", duration)
         return Point(
@@ -641,24 +642,24 @@ def worker_counts(text: str) -> list[int]:
             first, last = int(low), int(high or low)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"--workers: {part.strip()!r} is not a count or a range like 1-4"
+                f"{part.strip()!r} is not a count or a range like 1-4"
             ) from None
         if not 1 <= first <= last <= 256:
-            raise argparse.ArgumentTypeError(f"--workers: {part.strip()!r} must lie within 1..256")
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} must lie within 1..256")
         counts.update(range(first, last + 1))
     return sorted(counts)
 
 
-def bounded(kind: type, low: float, high: float, name: str) -> Callable[[str], Any]:
+def bounded(kind: type, low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: a number within [low, high], or a message naming the value."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(
-                f"{name}: {text!r} must be between {low:g} and {high:g}"
-            )
+            raise argparse.ArgumentTypeError(f"{text!r} must be between {low:g} and {high:g}")
         return value
 
     return parse
@@ -667,7 +668,7 @@ def bounded(kind: type, low: float, high: float, name: str) -> Callable[[str], A
 def key_value(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
-        raise argparse.ArgumentTypeError(f"--env: {text!r} is not NAME=VALUE")
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
     return name, value
 
 
@@ -704,44 +705,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--users",
-        type=bounded(int, 1, 10_000, "--users"),
+        type=bounded(int, 1, 10_000),
         default=32,
         help="simulated users (default 32)",
     )
     parser.add_argument(
         "--spawn-rate",
-        type=bounded(float, 0.1, 10_000, "--spawn-rate"),
+        type=bounded(float, 0.1, 10_000),
         default=32.0,
         help="users started per second (default 32: at once)",
     )
     parser.add_argument(
         "--duration",
-        type=bounded(float, 1, 3600, "--duration"),
+        type=bounded(float, 1, 3600),
         default=30.0,
         help="measured seconds per count (default 30)",
     )
     parser.add_argument(
         "--warmup",
-        type=bounded(float, 0, 600, "--warmup"),
+        type=bounded(float, 0, 600),
         default=5.0,
         help="unrecorded seconds of the same load first (default 5)",
     )
     parser.add_argument(
         "--think-time",
-        type=bounded(float, 0, 60, "--think-time"),
+        type=bounded(float, 0, 60),
         default=0.0,
         help="mean pause between a user's requests (default 0: closed loop, "
         "so the server is saturated and throughput is its capacity)",
     )
     parser.add_argument(
         "--slo-p95-ms",
-        type=bounded(float, 0.1, 600_000, "--slo-p95-ms"),
+        type=bounded(float, 0.1, 600_000),
         default=200.0,
         help="latency objective for the recommendation (default 200)",
     )
     parser.add_argument(
         "--products",
-        type=bounded(int, 100, 10_000_000, "--products"),
+        type=bounded(int, 100, 10_000_000),
         default=10_000,
         help="products seeded (native; default 10000)",
     )

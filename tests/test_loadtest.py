@@ -1,0 +1,292 @@
+"""The Locust scenarios and the worker-count sweep, run for real: Locust (a subprocess,
+so gevent never patches this process) against a natively started Gunicorn, and
+`scripts/tune_workers.py` as a user runs it, interrupted with Ctrl-C."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from PIL import Image
+from sqlalchemy.engine import make_url
+
+from app.settings import Settings
+from loadtest.loadstats import find_knee, shape_tick
+from scripts.loadgen import LOCUST_CONF, locust_env, run_locust
+from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, drop_database, free_port
+from scripts.tune_workers import Point, recommend
+from tests.conftest import REDIS_URL, SERVER_URL, unique_name
+
+PRODUCTS = 500
+
+
+@pytest.fixture(scope="module")
+def seeded_server() -> Iterator[GunicornProcess]:
+    """2 workers on a database of its own with PRODUCTS products (the session database
+    stays unseeded: other tests count its rows)."""
+    url = make_url(SERVER_URL).set(database=unique_name("parity_load"))
+    stack = NativeStack(
+        database_url=url.render_as_string(hide_password=False),
+        env={"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": f"{unique_name('parity-load')}:"},
+    )
+    stack.prepare(products=PRODUCTS)
+    try:
+        with stack.start_gunicorn(workers=2) as server:
+            yield server
+    finally:
+        drop_database(stack.database_url)
+
+
+def scrape_while_running(url: str, after: float) -> dict[str, str]:
+    """Fetch `url` once, `after` seconds from now, in a thread; the text lands in the
+    returned dict under "text" (or the error under "error")."""
+    result: dict[str, str] = {}
+
+    def fetch() -> None:
+        time.sleep(after)
+        try:
+            result["text"] = httpx.get(url, timeout=5).text
+        except httpx.HTTPError as exc:
+            result["error"] = repr(exc)
+
+    threading.Thread(target=fetch, daemon=True).start()
+    return result
+
+
+@pytest.mark.gunicorn
+@pytest.mark.slow
+def test_every_scenario_runs_with_no_unexpected_failure(
+    seeded_server: GunicornProcess, tmp_path: Path
+) -> None:
+    """1. browse, buy, burst and mixed users together, 12 s, one Locust process
+    2. its Prometheus exporter scraped mid-run
+    -> every scenario sent requests and none failed its checks (cache-hot and cold reads,
+       orders whose retried POST replayed the first order, burst's 429s expected), Locust
+       exits 0 and reports its own CPU; the exporter serves locust_* series."""
+    port = free_port()
+    scraped = scrape_while_running(f"http://127.0.0.1:{port}/metrics", after=8)
+    result = run_locust(
+        seeded_server.base_url,
+        out_prefix=tmp_path / "all",
+        tags=["browse", "buy", "burst", "mixed"],
+        users=12,
+        spawn_rate=12,
+        seconds=12,
+        extra_args=[
+            "--product-count",
+            str(PRODUCTS),
+            "--think-time",
+            "0.2",
+            "--retry-ratio",
+            "0.5",
+            "--prometheus-port",
+            str(port),
+        ],
+    )
+    assert result.exit_code == 0, result.output[-3000:]
+    scenarios = result.scenarios
+    assert set(scenarios) == {"browse", "buy", "burst", "mixed"}, result.output[-2000:]
+    for name, tally in scenarios.items():
+        assert tally["requests"] > 0, name
+        assert tally["failures"] == 0, (name, result.output[-3000:])
+    assert result.failures == 0
+    for name in (
+        "/api/v1/products/{product_id} (hot)",
+        "/api/v1/products/{product_id} (cold)",
+        "/api/v1/products",
+        "/api/v1/orders (retry)",
+        "/api/v1/orders/{order_id}",
+        "/api/v1/products/{product_id} (burst)",
+    ):
+        row = result.row(name)
+        assert row is not None, name
+        assert int(row["Request Count"]) > 0, name
+    if "RATE_LIMIT_DEFAULT" in Settings.model_fields:  # the limiter is on main (issue 4)
+        assert scenarios["burst"]["rate_limited"] > 0, "burst never reached the limit"
+    assert result.summary["generator"]["cpu_percent_mean"] > 0
+    assert Path(f"{tmp_path}/all.html").stat().st_size > 0
+    assert "text" in scraped, scraped
+    metrics = scraped["text"]
+    assert 'locust_request_duration_seconds_bucket{le="0.005"' in metrics
+    assert 'name="/api/v1/products/{product_id} (hot)"' in metrics
+    assert 'locust_responses_total{method="GET",name="/api/v1/products"' in metrics
+    assert "# TYPE locust_request_failures_total counter" in metrics
+    assert "locust_users 12.0" in metrics
+    assert "locust_process_cpu_percent" in metrics
+
+
+@pytest.mark.gunicorn
+def test_step_shape_reports_a_step_table(seeded_server: GunicornProcess, tmp_path: Path) -> None:
+    """The step ramp (2 users more every 2 s up to 6) writes its step table and knee."""
+    result = run_locust(
+        seeded_server.base_url,
+        out_prefix=tmp_path / "step",
+        tags=["browse"],
+        users=6,
+        spawn_rate=6,
+        seconds=6,
+        extra_args=[
+            "--shape",
+            "step",
+            "--step-users",
+            "2",
+            "--step-seconds",
+            "2",
+            "--product-count",
+            str(PRODUCTS),
+            "--think-time",
+            "0.1",
+        ],
+    )
+    assert result.exit_code == 0, result.output[-3000:]
+    steps = result.summary["steps"]
+    assert [step["users"] for step in steps][:3] == [2, 4, 6]
+    assert all(step["rps"] > 0 for step in steps)
+    assert result.summary["knee"] is not None
+    assert Path(f"{tmp_path}/step_steps.csv").read_text().startswith("step,users,rps")
+
+
+def test_bad_locust_option_names_the_value() -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "locust", "--config", str(LOCUST_CONF), "--headless",
+         "--think-time", "soon"],
+        cwd=REPO_ROOT, env=locust_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert process.returncode == 2
+    assert "--think-time must be a number, got 'soon'" in process.stderr
+
+
+# --- scripts/tune_workers.py -------------------------------------------------------------
+
+
+def test_tune_workers_rejects_bad_arguments_naming_the_value() -> None:
+    for args, message in (
+        (["--workers", "1,0"], "argument --workers: '0' must lie within 1..256"),
+        (["--slo-p95-ms", "fast"], "argument --slo-p95-ms: 'fast' is not a number"),
+    ):
+        process = subprocess.run(
+            [sys.executable, "scripts/tune_workers.py", *args],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert process.returncode == 2, args
+        assert message in process.stderr, process.stderr
+
+
+@pytest.mark.gunicorn
+@pytest.mark.slow
+def test_tune_workers_measures_counts_and_keeps_them_on_ctrl_c(tmp_path: Path) -> None:
+    """1. sweep 1, 2 and 3 workers with tiny durations
+    2. Ctrl-C (SIGINT to the terminal's process group) while 3 workers are measured
+    -> exit 130; the CSV, Markdown table, JSON and a valid PNG hold the 2 counts measured;
+       no Gunicorn or Locust process is left; the sweep's database is dropped."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": make_url(SERVER_URL).set(database="app").render_as_string(False),
+        "REDIS_URL": REDIS_URL,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "scripts/tune_workers.py", "--native", "--workers", "1-3",
+         "--duration", "2", "--warmup", "0", "--users", "4", "--products", "300",
+         "--out", str(tmp_path), "--json"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    stderr = read_until(process, "[3/3] 3 workers: starting", timeout=120)
+    stderr += read_until(process, "measuring 2s", timeout=60)  # Locust is running
+    children = psutil.Process(process.pid).children(recursive=True)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, rest = process.communicate(timeout=90)
+    stderr += rest
+    assert process.returncode == 130, stderr
+    assert "interrupted: stopping the server and Locust" in stderr
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, [p.cmdline() for p in alive]
+
+    (results,) = tmp_path.iterdir()
+    with (results / "sweep.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["workers"] for row in rows] == ["1", "2"]
+    assert all(float(row["rps"]) > 0 and float(row["rss_mib_per_worker"]) > 0 for row in rows)
+    assert all(int(row["db_connections_max"]) >= 1 for row in rows)
+    markdown = (results / "sweep.md").read_text()
+    assert "| workers | req/s | p50 ms | p95 ms | p99 ms |" in markdown
+    assert "connection budget" in markdown
+    with Image.open(results / "sweep.png") as image:
+        image.verify()
+        assert image.format == "PNG"
+        assert image.size[0] > 400
+    data = json.loads(stdout)
+    assert data["interrupted"] is True
+    assert data["recommendation"]["workers"] in (1, 2)
+    assert [p["workers"] for p in data["points"]] == [1, 2]
+    assert "→" in "\n".join(data["recommendation"]["reasons"])
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """Read the process's stderr line by line until `marker` appears."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    process.kill()
+    pytest.fail(f"{marker!r} never appeared:\n{''.join(seen)}")
+
+
+# --- pure functions ----------------------------------------------------------------------
+
+
+def test_step_shape_adds_users_each_step_and_ends_after_holding_the_last() -> None:
+    tick = {"users": 25, "spawn_rate": 1, "step_users": 10, "step_seconds": 30}
+    assert shape_tick("step", 0, **tick) == (10, 10.0)
+    assert shape_tick("step", 31, **tick) == (20, 10.0)
+    assert shape_tick("step", 61, **tick) == (25, 10.0)
+    assert shape_tick("step", 119, **tick) == (25, 10.0)
+    assert shape_tick("step", 120, **tick) is None
+
+
+def test_spike_shape_jumps_to_all_users_in_the_middle_and_back() -> None:
+    tick = {"users": 50, "spawn_rate": 5, "run_time": 60}
+    assert shape_tick("spike", 1, **tick) == (10, 5)
+    assert shape_tick("spike", 30, **tick) == (50, 50.0)
+    assert shape_tick("spike", 45, **tick) == (10, 5)
+    assert shape_tick("spike", 60, **tick) is None
+
+
+def test_knee_is_the_first_step_with_90_percent_of_the_best_throughput() -> None:
+    steps = [
+        {"users": u, "rps": r, "p95_ms": p}
+        for u, r, p in [(10, 400, 20), (20, 780, 25), (30, 950, 40), (40, 1000, 90), (50, 990, 200)]
+    ]
+    knee = find_knee(steps)
+    assert knee is not None
+    assert (knee["users"], knee["best_users"], knee["reached"]) == (30, 40, True)
+
+
+def point(workers: int, rps: float, p95: float, errors: float = 0.0) -> Point:
+    return Point(workers, rps, p95 / 2, p95, p95 * 2, 1000, 0, errors, 100, 80, 81, 5, 1,
+                 workers * 10, 40)  # fmt: skip
+
+
+def test_recommendation_is_the_fewest_workers_near_the_best_throughput_within_the_slo() -> None:
+    points = [point(1, 600, 50), point(2, 1000, 60), point(3, 1040, 55), point(4, 1030, 300)]
+    assert recommend(points, slo_p95_ms=100).workers == 2  # 1000 ≥ 95% of 1040
+    assert recommend(points, slo_p95_ms=58).workers == 3  # 2 misses the SLO
+    assert recommend([point(1, 600, 50), point(2, 1000, 60, errors=0.2)], 100).workers == 1
+    assert recommend([point(1, 600, 500)], 100).workers is None
