@@ -18,13 +18,11 @@ from typing import Any
 
 import psutil
 
-# The same boundaries as the server's http_server_request_duration_seconds (the
-# OpenTelemetry defaults, finer at the low end), so histogram_quantile() over both
-# interpolates the same way and the gap between them means something.
-DURATION_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,
-    0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-)  # fmt: skip
+# Exactly the boundaries of the server's http_server_request_duration_seconds (the
+# OpenTelemetry defaults, app/telemetry/metrics.py), so histogram_quantile() over both
+# interpolates alike and the gap between client and server means something. Finer
+# buckets on one side only would show a gap that is just interpolation.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
 # --- load shapes --------------------------------------------------------------------

@@ -46,6 +46,11 @@ class LocustResult:
     summary: dict[str, Any]
     rows: list[dict[str, str]] = field(repr=False)
     output: str = field(repr=False)
+    out_prefix: Path = field(repr=False, default=Path())
+
+    @property
+    def html_report(self) -> Path:
+        return Path(f"{self.out_prefix}.html")
 
     @property
     def error_rate(self) -> float:
@@ -182,6 +187,7 @@ def read_result(out_prefix: Path, exit_code: int, output: str) -> LocustResult:
         summary=summary,
         rows=[row for row in rows if row["Name"] != "Aggregated"],
         output=output,
+        out_prefix=out_prefix,
     )
 
 
