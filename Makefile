@@ -10,6 +10,17 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 
 .PHONY: help venv services run test lint audit format lock clean dashboards verify-dashboards tools smoke up down logs
 
+
+.PHONY: loadtest tune demo
+
+# make loadtest: the API to load (start it with `make run`), the scenario (mixed, browse,
+# buy, burst), the load shape (constant, step, spike) and anything else for Locust.
+HOST ?= http://127.0.0.1:8000
+SCENARIO ?= mixed
+SHAPE ?= constant
+LOCUST_ARGS ?=
+LOADTEST_DIR := results/loadtest-$(shell date +%Y%m%d-%H%M%S)
+
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -59,6 +70,12 @@ down: ## docker compose: stop and remove the stack (data volumes are kept)
 
 logs: ## docker compose: follow the logs of every service
 	$(COMPOSE) logs --follow --tail=100
+
+loadtest: venv ## headless Locust against HOST (SCENARIO=, SHAPE=, LOCUST_ARGS=); CSV + HTML in results/
+	mkdir -p $(LOADTEST_DIR) && $(BIN)/locust --config loadtest/locust.conf --headless --host $(HOST) --tags $(SCENARIO) --shape $(SHAPE) --csv $(LOADTEST_DIR)/locust --html $(LOADTEST_DIR)/report.html $(LOCUST_ARGS)
+
+tune: venv services ## measure the best Gunicorn worker count (scripts/tune_workers.py --native; TUNE_ARGS=)
+	$(BIN)/python scripts/tune_workers.py --native $(TUNE_ARGS)
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
