@@ -224,6 +224,8 @@ def test_step_shape_reports_a_step_table(seeded_server: GunicornProcess, tmp_pat
             str(PRODUCTS),
             "--think-time",
             "0.1",
+            "--identity",
+            "request",
         ],
     )
     assert result.exit_code == 0, result.output[-3000:]
