@@ -10,7 +10,6 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 
 .PHONY: help venv services run test lint audit format lock clean dashboards verify-dashboards tools smoke up down logs
 
-
 .PHONY: loadtest tune demo
 
 # make loadtest: the API to load (start it with `make run`), the scenario (mixed, browse,
