@@ -766,7 +766,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="--compose: the published API (default http://127.0.0.1:8000)",
     )
     parser.add_argument("--compose-db-service", default="postgres", help=argparse.SUPPRESS)
-    parser.add_argument("--compose-db-user", default="postgres", help=argparse.SUPPRESS)
+    # compose.yaml's POSTGRES_USER (tests/test_deploy_compose.py keeps them equal).
+    parser.add_argument("--compose-db-user", default="parity", help=argparse.SUPPRESS)
     parser.add_argument(
         "--keep-database", action="store_true", help="native: keep the sweep's database afterwards"
     )

@@ -257,3 +257,25 @@ def test_readme_lists_every_published_port() -> None:
         for port in service.get("ports", []):
             host_port = port.split(":")[1]
             assert f"127.0.0.1:{host_port}" in readme, f"{name}: {port} missing from README"
+
+
+def test_scripts_drive_the_services_compose_defines() -> None:
+    """The --compose modes of the scripts name services and users that exist here."""
+    from scripts.stack import ComposeStack
+    from scripts.tune_workers import parse_args
+
+    assert ComposeStack.service in services()
+    args = parse_args(["--compose"])
+    database = services()[args.compose_db_service]
+    assert database["environment"]["POSTGRES_USER"] == args.compose_db_user
+
+
+def test_locust_loads_the_api_and_is_scraped() -> None:
+    """Profile `loadtest`: its web UI on 127.0.0.1:8089, the api as host, and the metrics
+    port Prometheus' `locust` job scrapes."""
+    locust = services()["locust"]
+    assert locust["profiles"] == ["loadtest"]
+    assert "--host=http://api:8000" in locust["command"]
+    prometheus = yaml.safe_load((REPO_ROOT / "observability/prometheus/prometheus.yml").read_text())
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "locust"]
+    assert f"--prometheus-port={job['dns_sd_configs'][0]['port']}" in locust["command"]
