@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from app.breaker import CircuitBreaker, CircuitOpen
 from app.settings import Settings
 from app.telemetry.logging import RateLimitedLog
 from app.telemetry.metrics import DEPENDENCY_ERRORS
@@ -73,8 +74,19 @@ class Lookup:
 class VersionedCache:
     """Cache-aside entries `<prefix>{<namespace>:<id>}` guarded by a version key."""
 
-    def __init__(self, redis: Redis, *, prefix: str, namespace: str, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        namespace: str,
+        ttl_seconds: int,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self._redis = redis
+        # Lookups and stores skip Redis while it is open; invalidations always try
+        # (a write's correctness is worth a timeout, and a success closes the breaker).
+        self._breaker = breaker or CircuitBreaker(f"redis cache {namespace}")
         self._prefix = prefix
         self._namespace = namespace
         self._ttl = ttl_seconds
@@ -88,25 +100,33 @@ class VersionedCache:
 
     async def lookup(self, entry_id: object) -> Lookup:
         value_key, version_key = self._keys(entry_id)
+        if not self._breaker.allow():
+            raise CacheUnavailable from CircuitOpen()
         try:
             value, version = await self._redis.mget(value_key, version_key)
         except RedisError as exc:
+            self._breaker.record_failure()
             DEPENDENCY_ERRORS.labels("redis", "cache_lookup").inc()
             self._errors.warning("cache lookup failed, reading from Postgres: %r", exc)
             raise CacheUnavailable from exc
+        self._breaker.record_success()
         # decode_responses is off, so Redis hands back bytes (or None when absent).
         return Lookup(cast(bytes | None, value), cast(bytes, version).decode() if version else "0")
 
     async def store(self, entry_id: object, value: bytes, seen_version: str) -> bool:
         """Store `value` unless the entry was invalidated since `seen_version` was read."""
+        if not self._breaker.allow():
+            return False
         try:
             stored = await self._store(
                 keys=self._keys(entry_id), args=[seen_version, value, self._ttl]
             )
         except RedisError as exc:
+            self._breaker.record_failure()
             DEPENDENCY_ERRORS.labels("redis", "cache_store").inc()
             self._errors.warning("cache store failed: %r", exc)
             return False
+        self._breaker.record_success()
         return bool(stored)
 
     async def invalidate(self, *entry_ids: object) -> None:
@@ -120,7 +140,10 @@ class VersionedCache:
         try:
             await pipe.execute()
         except RedisError as exc:
+            self._breaker.record_failure()
             DEPENDENCY_ERRORS.labels("redis", "cache_invalidate").inc()
             self._errors.warning(
                 "cache invalidation failed; stale for up to %ss: %r", self._ttl, exc
             )
+            return
+        self._breaker.record_success()

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.breaker import CircuitBreaker
 from app.cache import VersionedCache
 from app.settings import Settings
 
@@ -23,6 +24,8 @@ class Resources:
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: Redis
     product_cache: VersionedCache
+    # One per worker, shared by everything that calls Redis on a request's path.
+    redis_breaker: CircuitBreaker
 
 
 def get_resources(request: Request) -> Resources:

@@ -18,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.middleware import Middleware
 
 from app import __version__, cache, db
+from app.breaker import CircuitBreaker
 from app.cache import VersionedCache, create_redis
 from app.catalog.routes import router as catalog_router
 from app.deps import Resources
@@ -39,13 +40,20 @@ async def open_resources(settings: Settings, stack: AsyncExitStack) -> Resources
     stack.push_async_callback(engine.dispose)
     redis = create_redis(settings)
     stack.push_async_callback(redis.aclose)
+    breaker = CircuitBreaker(
+        "redis",
+        failure_threshold=settings.REDIS_BREAKER_FAILURES,
+        reset_after=settings.REDIS_BREAKER_RESET_SECONDS,
+    )
     product_cache = VersionedCache(
         redis,
         prefix=settings.REDIS_KEY_PREFIX,
         namespace="product",
         ttl_seconds=settings.CACHE_TTL_SECONDS,
+        breaker=breaker,
     )
-    return Resources(settings, engine, db.create_sessionmaker(engine), redis, product_cache)
+    sessionmaker = db.create_sessionmaker(engine)
+    return Resources(settings, engine, sessionmaker, redis, product_cache, breaker)
 
 
 async def report_dependencies(resources: Resources) -> None:

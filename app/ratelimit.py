@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.breaker import CircuitOpen
 from app.deps import Resources
 from app.errors import problem_response
 from app.settings import RateLimitPolicy, Settings
@@ -160,14 +161,20 @@ class RateLimitMiddleware:
             return
         policy = next(p for p in self.policies if p.matches(scope["method"], scope["path"]))
         key = f"{self.key_prefix}{policy.name}:{client_identity(scope, self.key_header)}"
-        redis = _redis(scope)
+        resources = _resources(scope)
+        breaker = resources.redis_breaker
+        if not breaker.allow():  # Redis failed repeatedly: do not wait on it again yet
+            await self.unavailable(policy, CircuitOpen(), scope, receive, send)
+            return
         try:
             # Bounds the whole call (pool, connect, round-trip), not only a socket read.
             async with asyncio.timeout(self.timeout):
-                decision = await acquire(redis, key, policy)
+                decision = await acquire(resources.redis, key, policy)
         except (RedisError, OSError, TimeoutError) as exc:
+            breaker.record_failure()
             await self.unavailable(policy, exc, scope, receive, send)
             return
+        breaker.record_success()
         headers = [
             (b"ratelimit-policy", self.policy_headers[policy.name]),
             (b"ratelimit", limit_header(policy, decision)),
@@ -214,8 +221,10 @@ class RateLimitMiddleware:
         receive: Receive,
         send: Send,
     ) -> None:
-        """Redis failed or was slower than REDIS_TIMEOUT_SECONDS for this request."""
-        DEPENDENCY_ERRORS.labels("redis", "ratelimit").inc()
+        """Redis failed or was slower than REDIS_TIMEOUT_SECONDS for this request, or
+        the circuit breaker skipped the call (`CircuitOpen`: not counted as an error)."""
+        if not isinstance(exc, CircuitOpen):
+            DEPENDENCY_ERRORS.labels("redis", "ratelimit").inc()
         outcome = "fail_open" if self.fail_open else "fail_closed"
         RATE_LIMIT_DECISIONS.labels(policy.name, outcome).inc()
         error = "timeout" if isinstance(exc, TimeoutError) else repr(exc)
@@ -261,8 +270,8 @@ def document_rate_limits(openapi: dict[str, Any], settings: Settings) -> dict[st
     return openapi
 
 
-def _redis(scope: Scope) -> Redis:
-    """The worker's Redis client, opened by the lifespan (which always runs: the
-    worker class sets `lifespan="on"`)."""
+def _resources(scope: Scope) -> Resources:
+    """The worker's Redis client and breaker, opened by the lifespan (which always
+    runs: the worker class sets `lifespan="on"`)."""
     resources: Resources = scope["state"]["resources"]
-    return resources.redis
+    return resources

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     REDIS_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=10)] = 0.25
     REDIS_MAX_CONNECTIONS: int = Field(64, ge=1, le=10_000)
     CACHE_TTL_SECONDS: int = Field(60, ge=1, le=86_400)
+    # Circuit breaker shared by the cache and the rate limiter (app/breaker.py): after
+    # this many Redis failures in a row, skip Redis for this long, then try one call.
+    REDIS_BREAKER_FAILURES: int = Field(3, ge=1, le=1000)
+    REDIS_BREAKER_RESET_SECONDS: Annotated[float, Field(gt=0, le=600)] = 5.0
 
     # --- Rate limiting (docs/rate-limiting.md) ------------------------------------
     RATE_LIMIT_ENABLED: bool = True

@@ -6,6 +6,7 @@ services on 5432/6379.
         url = pg.database_url("app")     # postgresql+asyncpg://postgres@127.0.0.1:<port>/app
         pg.stop(); pg.start()            # same data dir, same port
         redis.stop(); redis.start()
+        redis.pause(); redis.resume()    # SIGSTOP/SIGCONT: a hung, not a dead, Redis
 
 Postgres refuses to run as root, so under root the servers run as the `postgres` OS user.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -129,19 +131,22 @@ class TemporaryPostgres:
 
 
 class TemporaryRedis:
-    """`redis-server` on a free port, keeping nothing on disk."""
+    """`redis-server` on a free port, keeping nothing on disk; with `password`, clients
+    must authenticate (the URL carries it)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise StackError("redis-server not found (apt install redis-server)")
         self.binary = binary
         self.port = port or free_port()
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
         self.process = subprocess.Popen(
@@ -159,6 +164,7 @@ class TemporaryRedis:
                 "no",
                 "--loglevel",
                 "warning",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -173,15 +179,28 @@ class TemporaryRedis:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                # -NOAUTH: up, and wants the password
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.resume()  # a stopped process would not act on SIGTERM
             self.process.terminate()
             self.process.wait(10)
         self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts TCP connections (the kernel completes the
+        handshake into the listen backlog) but nothing answers: a hung Redis, which
+        costs clients a timeout per call where a stopped one refuses at once."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> TemporaryRedis:
         self.start()

@@ -39,6 +39,10 @@ def limited(make_settings: MakeSettings, redis_prefix: str) -> Callable[..., Set
             "REDIS_KEY_PREFIX": f"{redis_prefix}{uuid.uuid4().hex[:8]}:",
             "RATE_LIMIT_DEFAULT": "3/60s",
             "RATE_LIMIT_ROUTES": "writes=2/60s POST,PATCH /api/",
+            # The Redis circuit breaker would skip calls for REDIS_BREAKER_RESET_SECONDS
+            # after 3 failures; these tests probe the limiter's own fail-open/closed
+            # and recovery, tests/test_breaker.py and tests/test_outages.py the breaker.
+            "REDIS_BREAKER_FAILURES": 1000,
         }
         return make_settings(**{**values, **overrides})
 

@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from scripts.throwaway import TemporaryPostgres, TemporaryRedis
 
@@ -42,3 +43,20 @@ def test_temporary_redis_stops_and_starts_on_the_same_port() -> None:
         server.start()
         assert client.ping()
         client.close()
+
+
+def test_temporary_redis_can_hang_and_recover() -> None:
+    """1. SIGSTOP -> a command times out (it is not refused)  2. SIGCONT -> it answers."""
+    with TemporaryRedis(password="pw-for-test") as server:
+        client = Redis.from_url(server.url, socket_timeout=0.3)
+        assert client.ping()
+        server.pause()
+        with pytest.raises(RedisTimeoutError):
+            client.ping()
+        server.resume()
+        client.close()
+        client = Redis.from_url(server.url, socket_timeout=1)
+        assert client.ping()
+        client.close()
+    with pytest.raises(RedisConnectionError):
+        Redis.from_url(server.url, socket_timeout=0.3).ping()
