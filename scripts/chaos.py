@@ -1,0 +1,459 @@
+"""Chaos run: a steady load while Postgres and Redis are stopped and started, with
+errors and latency per phase, and the behaviour each phase must show.
+
+    python scripts/chaos.py                     # native: own throwaway Postgres, Redis, Gunicorn
+    python scripts/chaos.py --phase-seconds 8 --json --plot chaos.png
+    python scripts/chaos.py --compose           # against `docker compose up` (stop/start services)
+
+Phases: baseline -> postgres down -> postgres back -> redis down -> redis back, plus
+redis hung (SIGSTOP) -> redis resumed natively. Expected, and checked (exit 1 if not):
+no transport error and no hang anywhere; while Postgres is down, database routes
+answer 503 problems with Retry-After in < 2 s and /health stays 200; while Redis is
+down or hung, every request is still served (cache bypass, limiter fails open); after
+each recovery, no error at all. The run is bounded: phases x --phase-seconds.
+
+The load generator (`SteadyLoad`) is also what tests/test_outages.py drives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python scripts/chaos.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+
+from scripts.stack import ComposeStack, NativeStack, StackError
+from scripts.throwaway import TemporaryPostgres, TemporaryRedis
+
+# What the load sends, round-robin per thread: (label, method, path, json body).
+Request = tuple[str, str, str, dict[str, Any] | None]
+DB_ROUTES = ("list", "order")  # always need Postgres; "read" may be a cache hit
+
+
+def default_requests(product_ids: Sequence[int]) -> list[Request]:
+    requests: list[Request] = [("health", "GET", "/health", None)]
+    for product_id in product_ids:
+        requests += [
+            ("read", "GET", f"/api/v1/products/{product_id}", None),
+            ("list", "GET", "/api/v1/products?limit=5", None),
+        ]
+    order = {"items": [{"product_id": product_ids[0], "quantity": 1}]}
+    requests.append(("order", "POST", "/api/v1/orders", order))
+    return requests
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    started: float  # time.monotonic()
+    latency: float
+    label: str
+    status: int  # 0: no HTTP answer (connection refused, reset, client timeout)
+    problem: str | None = None
+    retry_after: str | None = None
+    cache: str | None = None
+
+
+class SteadyLoad:
+    """`concurrency` threads sending `requests` round-robin, back to back, each with
+    its own keep-alive client; every answer is recorded as a Sample."""
+
+    def __init__(
+        self,
+        base_url: str,
+        requests: Sequence[Request],
+        *,
+        concurrency: int = 4,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.headers = headers or {}
+        self.requests = list(requests)
+        self.concurrency = concurrency
+        self.samples: list[Sample] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> SteadyLoad:
+        for index in range(self.concurrency):
+            thread = threading.Thread(target=self._run, args=(index,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+    def _run(self, offset: int) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=10, headers=self.headers) as client:
+            index = offset
+            while not self._stop.is_set():
+                label, method, path, body = self.requests[index % len(self.requests)]
+                index += 1
+                self._record(self._send(client, label, method, path, body))
+
+    @staticmethod
+    def _send(
+        client: httpx.Client, label: str, method: str, path: str, body: dict[str, Any] | None
+    ) -> Sample:
+        started = time.monotonic()
+        try:
+            response = client.request(method, path, json=body)
+        except httpx.HTTPError:
+            return Sample(started, time.monotonic() - started, label, 0)
+        problem = None
+        if response.headers.get("content-type") == "application/problem+json":
+            problem = response.json().get("type")
+        return Sample(
+            started,
+            time.monotonic() - started,
+            label,
+            response.status_code,
+            problem,
+            response.headers.get("retry-after"),
+            response.headers.get("x-cache"),
+        )
+
+    def _record(self, sample: Sample) -> None:
+        with self._lock:
+            self.samples.append(sample)
+
+    def between(self, start: float, end: float) -> list[Sample]:
+        with self._lock:
+            return [s for s in self.samples if start <= s.started < end]
+
+
+@dataclass
+class PhaseReport:
+    name: str
+    seconds: float
+    requests: int
+    by_status: dict[str, int]
+    p50_ms: float
+    p95_ms: float
+    max_ms: float
+    failures: list[str] = field(default_factory=list)
+    start_offset: float = 0.0  # seconds since the run's first phase started
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+Check = Callable[[list[Sample]], list[str]]
+
+
+def summarise(name: str, samples: list[Sample], seconds: float, check: Check) -> PhaseReport:
+    latencies = sorted(s.latency * 1000 for s in samples) or [0.0]
+    by_status: dict[str, int] = {}
+    for sample in samples:
+        key = str(sample.status or "no answer")
+        by_status[key] = by_status.get(key, 0) + 1
+    failures = check(samples) if samples else ["no request completed in this phase"]
+    return PhaseReport(
+        name,
+        round(seconds, 1),
+        len(samples),
+        dict(sorted(by_status.items())),
+        round(statistics.median(latencies), 1),
+        round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+        round(latencies[-1], 1),
+        failures,
+    )
+
+
+# --- what each phase must show ------------------------------------------------------
+
+
+def no_errors(samples: list[Sample]) -> list[str]:
+    bad = [s for s in samples if s.status == 0 or s.status >= 500]
+    return [f"{len(bad)} errors, e.g. {bad[0].label} -> {bad[0].status}"] if bad else []
+
+
+def served_despite_redis(samples: list[Sample]) -> list[str]:
+    failures = no_errors(samples)
+    reads = [s for s in samples if s.label == "read"]
+    if reads and not any(s.cache == "BYPASS" for s in reads):
+        failures.append("no product read reported X-Cache: BYPASS")
+    return failures + no_hang(samples)
+
+
+def no_hang(samples: list[Sample], bound: float = 2.0) -> list[str]:
+    slow = [s for s in samples if s.latency >= bound]
+    return [f"{len(slow)} requests took >= {bound} s"] if slow else []
+
+
+def postgres_down(samples: list[Sample]) -> list[str]:
+    failures = no_hang(samples)
+    if any(s.status == 0 for s in samples):
+        failures.append("a request got no HTTP answer")
+    if any(s.label == "health" and s.status != 200 for s in samples):
+        failures.append("/health was not 200")
+    db = [s for s in samples if s.label in DB_ROUTES]
+    unexpected = [
+        s for s in db if not (s.status == 503 and s.problem and s.retry_after) and s.status < 500
+    ]
+    if db and len(unexpected) == len(db):
+        failures.append("no database route answered 503 with Retry-After")
+    wrong = [s for s in samples if s.status >= 500 and not (s.status == 503 and s.retry_after)]
+    if wrong:
+        failures.append(f"{len(wrong)} 5xx without Retry-After, e.g. {wrong[0].status}")
+    return failures
+
+
+# --- the run ------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    name: str
+    action: Callable[[], None]  # done at the start of the phase
+    check: Check
+    settle: Callable[[], None] = lambda: None  # waited for before the phase is measured
+
+
+def run_phases(
+    load: SteadyLoad, phases: Sequence[Phase], seconds: float, t0: float
+) -> list[PhaseReport]:
+    reports = []
+    for phase in phases:
+        phase.action()
+        phase.settle()
+        start = time.monotonic()
+        print(f"[chaos] {phase.name} ({seconds:g} s)", file=sys.stderr, flush=True)
+        time.sleep(seconds)
+        samples = load.between(start, time.monotonic())
+        report = summarise(phase.name, samples, seconds, phase.check)
+        report.start_offset = round(start - t0, 2)
+        verdict = "ok" if report.ok else "FAIL: " + "; ".join(report.failures)
+        print(
+            f"[chaos]   {report.requests} requests {report.by_status} "
+            f"p95 {report.p95_ms} ms -> {verdict}",
+            file=sys.stderr,
+            flush=True,
+        )
+        reports.append(report)
+    return reports
+
+
+def wait_ready(base_url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base_url + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise StackError(f"{base_url}/ready did not turn 200 within {timeout:g} s")
+
+
+def outage_phases(
+    base_url: str,
+    stop_postgres: Callable[[], None],
+    start_postgres: Callable[[], None],
+    stop_redis: Callable[[], None],
+    start_redis: Callable[[], None],
+    hang_redis: tuple[Callable[[], None], Callable[[], None]] | None = None,
+) -> list[Phase]:
+    ready = lambda: wait_ready(base_url)  # noqa: E731
+    phases = [
+        Phase("baseline", lambda: None, no_errors, ready),
+        Phase("postgres down", stop_postgres, postgres_down),
+        Phase("postgres back", start_postgres, no_errors, ready),
+        Phase("redis down", stop_redis, served_despite_redis),
+        Phase("redis back", start_redis, no_errors),
+    ]
+    if hang_redis:
+        pause, resume = hang_redis
+        phases += [
+            Phase("redis hung", pause, served_despite_redis),
+            Phase("redis resumed", resume, no_errors),
+        ]
+    return phases
+
+
+@contextmanager
+def native_target(workers: int) -> Iterator[tuple[str, list[Phase]]]:
+    with TemporaryPostgres() as postgres, TemporaryRedis() as redis:
+        print(
+            f"[chaos] throwaway Postgres :{postgres.port}, Redis :{redis.port}",
+            file=sys.stderr,
+        )
+        stack = NativeStack(
+            database_url=postgres.database_url("app"),
+            env={
+                "REDIS_URL": redis.url,
+                "REDIS_KEY_PREFIX": "chaos:",
+                "LOG_LEVEL": "info",
+                # The limiter stays on (its Redis calls and fail-open are part of the
+                # run), with quotas one load generator cannot reach.
+                "RATE_LIMIT_DEFAULT": "1000000/60s",
+                "RATE_LIMIT_ROUTES": "writes=1000000/60s POST,PUT,PATCH,DELETE /api/",
+            },
+        )
+        stack.prepare(products=50)
+        with stack.start_gunicorn(workers=workers) as server:
+            print(f"[chaos] Gunicorn {server.base_url}, {workers} workers", file=sys.stderr)
+            yield (
+                server.base_url,
+                outage_phases(
+                    server.base_url,
+                    postgres.stop,
+                    postgres.start,
+                    redis.stop,
+                    redis.start,
+                    (redis.pause, redis.resume),
+                ),
+            )
+
+
+@contextmanager
+def compose_target() -> Iterator[tuple[str, list[Phase]]]:
+    compose = ComposeStack()
+    wait_ready(compose.base_url, timeout=10)
+    yield (
+        compose.base_url,
+        outage_phases(
+            compose.base_url,
+            lambda: compose.stop_service("postgres"),
+            lambda: compose.start_service("postgres"),
+            lambda: compose.stop_service("redis"),
+            lambda: compose.start_service("redis"),
+        ),
+    )
+
+
+def product_ids(base_url: str, count: int = 5) -> list[int]:
+    page = httpx.get(f"{base_url}/api/v1/products", params={"limit": count}, timeout=10)
+    page.raise_for_status()
+    ids = [item["id"] for item in page.json()["items"]]
+    if not ids:
+        raise StackError("the stack has no products: seed it first")
+    return ids
+
+
+def plot(reports: list[PhaseReport], samples: list[Sample], t0: float, path: Path) -> None:
+    """Every request as a dot (latency, log scale) over time, phases marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for status_class, colour in (("2xx/4xx", "tab:blue"), ("5xx", "tab:red"), ("none", "black")):
+        points = [
+            (s.started - t0, max(s.latency * 1000, 0.1))
+            for s in samples
+            if s.started >= t0 and _status_class(s.status) == status_class
+        ]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.scatter(xs, ys, s=4, color=colour, label=status_class, alpha=0.6)
+    for report in reports:
+        ax.axvline(report.start_offset, color="grey", linewidth=0.8)
+        ax.text(
+            report.start_offset,
+            0.98,
+            f" {report.name}",
+            rotation=90,
+            va="top",
+            fontsize=8,
+            transform=ax.get_xaxis_transform(),
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the baseline started")
+    ax.set_ylabel("latency (ms, log scale)")
+    ax.set_title("scripts/chaos.py: every request by phase (red: 5xx, black: no answer)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _status_class(status: int) -> str:
+    if status == 0:
+        return "none"
+    return "5xx" if status >= 500 else "2xx/4xx"
+
+
+def print_table(reports: list[PhaseReport]) -> None:
+    print(
+        f"{'phase':<16}{'requests':>9}  {'p50 ms':>8}{'p95 ms':>8}{'max ms':>8}  statuses / verdict"
+    )
+    for r in reports:
+        statuses = " ".join(f"{k}:{v}" for k, v in r.by_status.items())
+        verdict = "ok" if r.ok else "FAIL " + "; ".join(r.failures)
+        print(
+            f"{r.name:<16}{r.requests:>9}  {r.p50_ms:>8}{r.p95_ms:>8}{r.max_ms:>8}  "
+            f"{statuses}  {verdict}"
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python scripts/chaos.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--native", action="store_true", help="own throwaway servers (default)")
+    target.add_argument("--compose", action="store_true", help="a running `docker compose up`")
+    parser.add_argument("--phase-seconds", type=float, default=5.0, help="default 5")
+    parser.add_argument("--concurrency", type=int, default=4, help="load threads (default 4)")
+    parser.add_argument("--workers", type=int, default=2, help="Gunicorn workers (native)")
+    parser.add_argument("--json", action="store_true", help="print the reports as JSON")
+    parser.add_argument("--plot", type=Path, help="write a PNG of every request's latency")
+    args = parser.parse_args(argv)
+    if not 1 <= args.phase_seconds <= 120:
+        parser.error(f"--phase-seconds {args.phase_seconds:g}: must be between 1 and 120")
+    if not 1 <= args.concurrency <= 32:
+        parser.error(f"--concurrency {args.concurrency}: must be between 1 and 32")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    target = compose_target() if args.compose else native_target(args.workers)
+    try:
+        with target as (base_url, phases):
+            requests = default_requests(product_ids(base_url))
+            with SteadyLoad(base_url, requests, concurrency=args.concurrency) as load:
+                t0 = time.monotonic()
+                reports = run_phases(load, phases, args.phase_seconds, t0)
+            samples = load.samples
+    except (StackError, httpx.HTTPError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.plot:
+        plot(reports, samples, t0, args.plot)
+        print(f"[chaos] plot written to {args.plot}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([{**asdict(r), "ok": r.ok} for r in reports], indent=2))
+    else:
+        print_table(reports)
+    failed = [r.name for r in reports if not r.ok]
+    print(
+        f"[chaos] {'FAILED: ' + ', '.join(failed) if failed else 'every phase behaved'}",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
