@@ -63,6 +63,7 @@ class Sample:
     problem: str | None = None
     retry_after: str | None = None
     cache: str | None = None
+    error: str | None = None  # why there was no HTTP answer
 
 
 class SteadyLoad:
@@ -113,8 +114,9 @@ class SteadyLoad:
         started = time.monotonic()
         try:
             response = client.request(method, path, json=body)
-        except httpx.HTTPError:
-            return Sample(started, time.monotonic() - started, label, 0)
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            return Sample(started, time.monotonic() - started, label, 0, error=error)
         problem = None
         if response.headers.get("content-type") == "application/problem+json":
             problem = response.json().get("type")
@@ -381,6 +383,7 @@ def plot(reports: list[PhaseReport], samples: list[Sample], t0: float, path: Pat
     ax.set_title("scripts/chaos.py: every request by phase (red: 5xx, black: no answer)")
     ax.legend(loc="lower right")
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import asyncpg
 import httpx
+from sqlalchemy import text
 
+from app.deps import SessionDep
+from app.main import create_app
 from app.settings import Settings
-from scripts.stack import free_port
-from tests.helpers import app_client
+from scripts.stack import _asyncpg_dsn, free_port
+from tests.helpers import app_client, asgi_client
 
 PROBLEM = "application/problem+json"
 
@@ -90,3 +94,28 @@ async def test_openapi_documents_problem_responses_for_every_error(
                     documented += 1
     assert documented >= 10
     assert "HTTPValidationError" not in openapi["components"]["schemas"]
+
+
+async def test_a_connection_lost_after_the_work_is_done_does_not_spoil_the_answer(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """Found by scripts/chaos.py: Postgres stopped right after a route had read its
+    rows; closing the session (a rollback) then failed on the dead connection and the
+    client got a dropped connection instead of the 200 already computed."""
+    app = create_app(make_settings())
+
+    async def work_then_lose_the_connection(session: SessionDep) -> dict[str, int]:
+        pid: int = await session.scalar(text("SELECT pg_backend_pid()"))
+        killer = await asyncpg.connect(_asyncpg_dsn(database_url))
+        try:
+            await killer.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await killer.close()
+        return {"pid": pid}
+
+    app.add_api_route("/lose-connection-for-test", work_then_lose_the_connection)
+    async with asgi_client(app) as client:
+        response = await client.get("/lose-connection-for-test")
+        after = await client.get("/api/v1/products?limit=1")
+    assert response.status_code == 200
+    assert after.status_code == 200, "the pool kept the dead connection"
