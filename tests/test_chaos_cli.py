@@ -1,0 +1,33 @@
+"""scripts/chaos.py as a CLI: help, and bad arguments named (the full run is what
+tests/test_outages.py asserts, phase by phase)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from scripts.stack import REPO_ROOT
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "scripts/chaos.py", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_help_names_the_phases_and_the_targets() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for text in ("--native", "--compose", "--json", "--plot", "postgres down", "redis hung"):
+        assert text in result.stdout, text
+
+
+def test_bad_arguments_are_named() -> None:
+    result = run("--phase-seconds", "0.5")
+    assert result.returncode == 2
+    assert "--phase-seconds 0.5: must be between 1 and 120" in result.stderr
