@@ -107,24 +107,31 @@ class Requests:
         return "PATCH", PRODUCT, f"{PRODUCTS}/{product}", {"json": {}}
 
 
+# Each simulated client sends its own API key, so the rate limiter sees several
+# clients (as in production) instead of one address that exhausts its quota at once.
+IDENTITY_HEADER = "X-API-Key"
+
+
 async def _run_phase(
     client: httpx.AsyncClient, phase: Phase, requests: Requests, report: TrafficReport
 ) -> int:
     deadline = time.monotonic() + phase.seconds
     budget = [phase.max_requests]
 
-    async def user() -> None:
+    async def user(number: int) -> None:
+        identity = {IDENTITY_HEADER: f"traffic-client-{number}"}
         while time.monotonic() < deadline and budget[0] > 0:
             budget[0] -= 1
             method, route, path, kwargs = requests.next()
+            headers = {**identity, **kwargs.pop("headers", {})}
             try:
-                response = await client.request(method, path, **kwargs)
+                response = await client.request(method, path, headers=headers, **kwargs)
             except httpx.TransportError as exc:
                 report.transport_errors[f"{phase.name}: {type(exc).__name__}"] += 1
                 continue
             report.answers[method, route, response.status_code] += 1
 
-    await asyncio.gather(*(user() for _ in range(phase.concurrency)))
+    await asyncio.gather(*(user(number) for number in range(phase.concurrency)))
     return phase.max_requests - budget[0]
 
 

@@ -12,10 +12,12 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import yaml
 
+from scripts import grafana_dashboards
 from scripts.dashboards import DASHBOARD_DIR, render_all
 from scripts.grafana_dashboards import stale_files
 from scripts.prometheus_native import (
@@ -405,3 +407,63 @@ def test_grafana_rate_interval_and_unknown_variables() -> None:
 def test_source_metrics_follow_recording_rules() -> None:
     recorded = {"job:a:rate5m": "sum(rate(a_total[5m]))", "job:b": "job:a:rate5m / c"}
     assert source_metrics("job:b > 1", recorded) == {"a_total", "c"}
+
+
+# --- Links and the generator CLI -----------------------------------------------------------
+
+
+def grafana_interpolate(url: str, values: dict[str, str]) -> str:
+    """What Grafana does to a URL data link: `${name:raw}` verbatim, every other
+    variable URL-encoded (its default format for data links since Grafana 8.5)."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, fmt = match.group(1), match.group(2)
+        return values[name] if fmt == "raw" else quote(values[name], safe="")
+
+    return re.sub(r"\$\{([\w.]+)(?::(\w+))?\}", replace, url)
+
+
+def test_jaeger_ui_link_of_a_latency_series_is_a_valid_search() -> None:
+    """Clicking p99 = 0.25 s on the route /api/v1/products/{product_id} opens Jaeger's
+    search for that service and route, slower than 0.25 s, over the dashboard's range
+    (Jaeger takes microseconds)."""
+    model = dashboards()["api-overview.json"]
+    panel = next(p for p in iter_panels(model) if p["title"] == "Latency p99 by route")
+    link = next(lnk for lnk in panel["fieldConfig"]["defaults"]["links"] if lnk.get("url"))
+    url = grafana_interpolate(
+        link["url"],
+        {
+            "jaeger_url": "http://localhost:16686",
+            "service": "parity-api",
+            "__field.labels.http_route": "/api/v1/products/{product_id}",
+            "__from": "1700000000000",
+            "__to": "1700000600000",
+            "__value.raw": "0.25",
+        },
+    )
+    parts = urlsplit(url)
+    query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "http://localhost:16686/search"
+    assert query["service"] == "parity-api"
+    assert json.loads(query["tags"]) == {"http.route": "/api/v1/products/{product_id}"}
+    assert (query["start"], query["end"]) == ("1700000000000000", "1700000600000000")
+    assert query["minDuration"] == "0.25s"
+    assert query["lookback"] == "custom"
+
+
+def test_explore_link_of_an_error_series_searches_failed_traces_of_the_route() -> None:
+    model = dashboards()["api-overview.json"]
+    panel = next(p for p in iter_panels(model) if p["title"] == "5xx ratio by route")
+    internal = next(
+        lnk["internal"] for lnk in panel["fieldConfig"]["defaults"]["links"] if "internal" in lnk
+    )
+    assert internal["query"]["tags"] == 'http.route="${__field.labels.http_route}" error="true"'
+    assert "minDuration" not in internal["query"]
+
+
+def test_generator_cli_writes_then_checks(tmp_path: Path) -> None:
+    """`--check` on an empty directory -> 1 (stale); write -> 0; `--check` again -> 0."""
+    assert grafana_dashboards.main(["--check", "--out", str(tmp_path)]) == 1
+    assert grafana_dashboards.main(["--out", str(tmp_path)]) == 0
+    assert grafana_dashboards.main(["--check", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(render_all())

@@ -11,6 +11,7 @@ from scripts.dashboards.common import (
     graph,
     instance_variable,
     jaeger_url_variable,
+    per_second,
     prom,
     quantile,
     ratio_or_zero,
@@ -41,7 +42,7 @@ def pool_row() -> list[object]:
                 "max {{instance}}",
                 "B",
             ),
-        ),
+        ).span(8),
         graph(
             "Pool usage",
             "Used / max per instance. Above 90 % for 5 minutes fires DbPoolSaturated; "
@@ -54,12 +55,23 @@ def pool_row() -> list[object]:
             ),
         )
         .max(1)
+        .span(8)
         .thresholds(thresholds((None, "green"), (0.7, "orange"), (0.9, "red"))),
         graph(
             "Overflow connections",
             "Connections opened beyond DB_POOL_SIZE (up to DB_MAX_OVERFLOW per worker).",
             "short",
             prom(f"sum by (instance) (db_client_connection_overflow{{{API}}})", "{{instance}}"),
+        ).span(8),
+        graph(
+            "Pool timeouts/s",
+            "Requests that gave up waiting for a connection after DB_POOL_TIMEOUT_SECONDS "
+            "and were answered 503.",
+            "ops",
+            prom(
+                f"sum by (instance) ({per_second('db_client_connection_timeouts_total')})",
+                "{{instance}}",
+            ),
         ),
         graph(
             "Wait for a connection",
@@ -76,6 +88,9 @@ def pool_row() -> list[object]:
 
 
 def statements_row() -> list[object]:
+    slow_traces = trace_links(
+        "requests slower than the clicked value", tags={}, min_duration="${__value.raw}s"
+    )
     return [
         graph(
             "Query latency",
@@ -84,21 +99,27 @@ def statements_row() -> list[object]:
             prom(quantile(0.5, QUERY_BUCKET, API), "p50"),
             prom(quantile(0.95, QUERY_BUCKET, API), "p95", "B"),
             prom(quantile(0.99, QUERY_BUCKET, API), "p99", "C"),
-        ).data_links(
-            trace_links(
-                "requests slower than the clicked value", tags={}, min_duration="${__value.raw}s"
-            )
-        ),
+        )
+        .span(8)
+        .data_links(slow_traces),
         graph(
-            "Statements/s",
-            "SQL statements executed per second, per instance.",
+            "Query latency p99 by operation",
+            "p99 per statement kind (SELECT, INSERT, UPDATE, ...).",
+            "s",
+            prom(quantile(0.99, QUERY_BUCKET, API, "db_operation_name"), "{{db_operation_name}}"),
+        )
+        .span(8)
+        .data_links(slow_traces),
+        graph(
+            "Statements/s by operation",
+            "SQL statements executed per second, by statement kind.",
             "ops",
             prom(
-                "sum by (instance) (rate(db_client_operation_duration_seconds_count"
-                f"{{{API}}}[$__rate_interval]))",
-                "{{instance}}",
+                "sum by (db_operation_name) "
+                f"({per_second('db_client_operation_duration_seconds_count')})",
+                "{{db_operation_name}}",
             ),
-        ),
+        ).span(8),
     ]
 
 
