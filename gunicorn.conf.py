@@ -5,12 +5,30 @@ master starts: a bad value stops it with one line naming the variable.
 """
 
 import os
+import sys
 
+from app import __version__
 from app.settings import load_settings
 from app.telemetry.logging import logging_config
+from app.telemetry.multiprocess import (
+    MultiprocessDirectory,
+    MultiprocessDirectoryError,
+    prepare_directory,
+)
 from app.worker import default_workers
 
 settings = load_settings()
+
+# Prometheus multiprocess mode: this master's own, empty directory, exported before
+# anything imports prometheus_client (it picks its mode once, at import, and the
+# workers inherit the choice through fork). Kept on HUP, removed or emptied at exit.
+_metrics_dir: MultiprocessDirectory | None = None
+if settings.METRICS_ENABLED:
+    try:
+        _metrics_dir = prepare_directory()
+    except MultiprocessDirectoryError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 wsgi_app = "app.main:app"
 worker_class = "app.worker.UvicornWorker"
@@ -55,3 +73,43 @@ accesslog = None
 errorlog = "-"
 loglevel = settings.LOG_LEVEL
 logconfig_dict = logging_config(settings)
+
+
+# --- Hooks -------------------------------------------------------------------------
+# Metrics are imported inside the hooks: by then PROMETHEUS_MULTIPROC_DIR is set.
+
+
+def when_ready(server):  # master, listening, before the first fork
+    if _metrics_dir is not None:
+        server.log.info("prometheus multiprocess directory: %s", _metrics_dir.path)
+
+
+def pre_fork(server, worker):  # master, before each fork
+    if _metrics_dir is not None:
+        from app.telemetry.metrics import WORKERS_STARTED
+
+        WORKERS_STARTED.inc()
+
+
+def post_fork(server, worker):  # the new worker, before it imports the app
+    if _metrics_dir is not None:
+        from app.telemetry.metrics import APP_INFO
+
+        APP_INFO.labels(__version__, str(server.num_workers)).set(1)
+
+
+def child_exit(server, worker):  # master, after a worker exited (any reason)
+    if _metrics_dir is not None:
+        from prometheus_client import multiprocess
+
+        from app.telemetry.metrics import WORKERS_EXITED
+
+        WORKERS_EXITED.inc()
+        # Drop the dead worker's live gauges (in-flight requests, pool connections);
+        # its counters and histograms stay and keep the totals exact.
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # master, last thing before it exits
+    if _metrics_dir is not None:
+        _metrics_dir.clean_up()

@@ -20,8 +20,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from app.settings import Settings
+from app.telemetry.database import MeteredPool
 
 # Explicit constraint names, so Alembic migrations name things the same on every machine.
 NAMING_CONVENTION = {
@@ -41,6 +43,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
     statement_timeout_s = settings.DB_STATEMENT_TIMEOUT_MS / 1000
     return create_async_engine(
         settings.DATABASE_URL,
+        # The default asyncio pool, plus pool gauges and checkout wait times.
+        poolclass=MeteredPool if settings.METRICS_ENABLED else AsyncAdaptedQueuePool,
         pool_size=settings.DB_POOL_SIZE,
         max_overflow=settings.DB_MAX_OVERFLOW,
         pool_timeout=settings.DB_POOL_TIMEOUT_SECONDS,

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from starlette.middleware import Middleware
 
 from app import __version__, cache, db
@@ -29,17 +30,30 @@ from app.orders.routes import router as orders_router
 from app.ratelimit import RateLimitMiddleware, document_rate_limits
 from app.security import SecurityHeadersMiddleware, cors_middleware
 from app.settings import Settings, load_settings
+from app.telemetry import database as database_telemetry
+from app.telemetry.exposition import router as metrics_router
+from app.telemetry.metrics import APP_INFO
+from app.telemetry.middleware import TelemetryMiddleware
+from app.telemetry.multiprocess import is_multiprocess
+from app.telemetry.tracing import Tracing, start_tracing
 
 logger = logging.getLogger(__name__)
 
 
-async def open_resources(settings: Settings, stack: AsyncExitStack) -> Resources:
+async def open_resources(
+    settings: Settings, stack: AsyncExitStack, tracing: Tracing | None = None
+) -> Resources:
     """Create the per-worker clients; `stack` closes them in reverse order. Connects
     lazily, so a dependency that is down now does not stop the worker from booting."""
     engine = db.create_engine(settings)
     stack.push_async_callback(engine.dispose)
     redis = create_redis(settings)
     stack.push_async_callback(redis.aclose)
+    if settings.METRICS_ENABLED:
+        database_telemetry.observe_statements(engine.sync_engine)
+    if tracing is not None:
+        tracing.instrument_engine(engine)
+        tracing.instrument_redis(redis)
     breaker = CircuitBreaker(
         "redis",
         failure_threshold=settings.REDIS_BREAKER_FAILURES,
@@ -67,8 +81,10 @@ async def report_dependencies(resources: Resources) -> None:
     }
     for name, probe in probes.items():
         try:
-            async with asyncio.timeout(timeout):
-                await probe()
+            # Not a request: no trace of its own for a ping.
+            with suppress_instrumentation():
+                async with asyncio.timeout(timeout):
+                    await probe()
         except Exception as exc:
             logger.warning("%s is not reachable at startup (%r); /ready reports it", name, exc)
 
@@ -77,14 +93,23 @@ def make_lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
-            resources = await open_resources(settings, stack)
+            # Per worker, after the fork; shut down last, so the spans of everything
+            # closed before it are sent too (bounded: tracing.SHUTDOWN_TIMEOUT_SECONDS).
+            tracing = start_tracing(settings)
+            if tracing is not None:
+                stack.push_async_callback(tracing.shutdown)
+            resources = await open_resources(settings, stack, tracing)
             await report_dependencies(resources)
+            if settings.METRICS_ENABLED and not is_multiprocess():
+                # Under Gunicorn the post_fork hook sets it, with the worker count.
+                APP_INFO.labels(__version__, "1").set(1)
             logger.info(
-                "worker ready to serve (pool %d+%d connections)",
+                "worker ready to serve (pool %d+%d connections, tracing %s)",
                 settings.DB_POOL_SIZE,
                 settings.DB_MAX_OVERFLOW,
+                "on" if tracing is not None else "off",
             )
-            yield {"resources": resources}
+            yield {"resources": resources, "tracing": tracing}
             logger.info("lifespan shutdown: closing Redis and the database pool")
 
     return lifespan
@@ -101,6 +126,7 @@ def build_middleware(settings: Settings) -> list[Middleware]:
     3. admission control (rate limiting) before any work is done;
     4. input limits (body size, handler timeout) closest to the routes.
     """
+    telemetry = [Middleware(TelemetryMiddleware, metrics_enabled=settings.METRICS_ENABLED)]
     headers = [Middleware(SecurityHeadersMiddleware, hsts_max_age=settings.HSTS_MAX_AGE_SECONDS)]
     if settings.CORS_ALLOW_ORIGINS:
         headers.append(cors_middleware(settings))
@@ -111,7 +137,7 @@ def build_middleware(settings: Settings) -> list[Middleware]:
         Middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BODY_BYTES),
         Middleware(HandlerTimeoutMiddleware, seconds=settings.REQUEST_TIMEOUT_SECONDS),
     ]
-    return [*headers, *admission, *input_limits]
+    return [*telemetry, *headers, *admission, *input_limits]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -126,10 +152,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
+        # FastAPI's built-in OpenTelemetry integration stays off: TelemetryMiddleware
+        # makes the one server span per request (and keeps metrics in Prometheus).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(health_router)
+    if settings.METRICS_ENABLED:
+        app.include_router(metrics_router)
     app.include_router(catalog_router)
     app.include_router(orders_router)
 

@@ -125,6 +125,14 @@ class Settings(BaseSettings):
     LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
     LOG_JSON: bool = True
 
+    # --- Telemetry (docs/observability.md) -------------------------------------------
+    # Prometheus metrics and GET /metrics.
+    METRICS_ENABLED: bool = True
+    # The standard OpenTelemetry switch: true turns tracing off entirely (no SDK is even
+    # imported). Endpoint, sampler, batch sizes: the other OTEL_* variables, read by the
+    # SDK itself.
+    OTEL_SDK_DISABLED: bool = False
+
     @field_validator("DATABASE_URL")
     @classmethod
     def _database_url_uses_asyncpg(cls, value: str) -> str:

@@ -31,6 +31,10 @@ SERVER_URL = os.environ.get(
     "TEST_DATABASE_SERVER_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Tracing stays on in every test (spans, sampling, instrumentation), but nothing is sent
+# unless a test says where: there is no collector here, and each worker would spend its
+# shutdown budget retrying one. Tests of the export set OTEL_TRACES_EXPORTER=otlp.
+os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
 # In CI every test must run: a skip (a missing tool, say) is a failure there.
 STRICT_SKIPS = os.environ.get("PARITY_STRICT_SKIPS") == "1"
 

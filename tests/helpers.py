@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from app.main import create_app
 from app.settings import Settings
@@ -56,3 +58,17 @@ def create_product_sync(base_url: str, **fields: Any) -> dict[str, Any]:
     assert response.status_code == 201, response.text
     product: dict[str, Any] = response.json()
     return product
+
+
+def parse_metrics(text: str) -> list[Sample]:
+    """Every sample of a Prometheus text exposition."""
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def sample_sum(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    return sum(
+        sample.value
+        for sample in samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )

@@ -3,13 +3,90 @@
 Names and labels follow the OpenTelemetry semantic conventions as exported to
 Prometheus (dots become underscores, units become suffixes). Under Gunicorn,
 prometheus_client runs in multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by
-gunicorn.conf.py before anything imports prometheus_client), so each gauge declares how
-the per-worker values are combined.
+gunicorn.conf.py before anything imports prometheus_client): each worker writes its
+values to its own memory-mapped file and `/metrics` adds them up. So each gauge
+declares how the per-worker values are combined (`multiprocess_mode`):
+
+- `livesum`: the value belongs to a running process and the total is what matters
+  (requests in flight, pool connections). A dead worker's file is removed by
+  `mark_process_dead` in Gunicorn's `child_exit`, so its last value is not summed.
+- `livemax`: every live worker reports the same fact (`app_info`); one series, not
+  one per pid, and it disappears with the last worker.
+
+Counters and histograms need no mode: they are summed over every file, dead workers'
+included, which is what keeps a total exact when a worker is recycled.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# Multiprocess mode cannot export `_created` series; switch them off in single-process
+# mode too, so a scrape looks the same with and without Gunicorn.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# --- HTTP server (app/telemetry/middleware.py) -------------------------------------
+
+# OpenTelemetry's recommended boundaries for http.server.request.duration.
+HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+
+# http_route is the route template (`/api/v1/products/{product_id}`), never the raw
+# path; requests no route matched (404s, slash redirects) share UNMATCHED_ROUTE.
+HTTP_REQUEST_DURATION = Histogram(
+    "http_server_request_duration_seconds",
+    "Duration of HTTP server requests, from the first byte seen to the last byte sent.",
+    ["http_request_method", "http_route", "http_response_status_code"],
+    buckets=HTTP_DURATION_BUCKETS,
+)
+
+HTTP_ACTIVE_REQUESTS = Gauge(
+    "http_server_active_requests",
+    "HTTP requests being served right now.",
+    ["http_request_method"],
+    multiprocess_mode="livesum",
+)
+
+# --- Postgres connection pool (app/telemetry/database.py) ----------------------------
+
+DB_CONNECTIONS = Gauge(
+    "db_client_connection_count",
+    "Open pooled Postgres connections by state: used (checked out) or idle.",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+
+DB_CONNECTIONS_MAX = Gauge(
+    "db_client_connection_max",
+    "Most connections the pools may open (pool size + max overflow, summed over workers).",
+    multiprocess_mode="livesum",
+)
+
+DB_CONNECTIONS_OVERFLOW = Gauge(
+    "db_client_connection_overflow",
+    "Connections open beyond the pool size (they are closed when returned).",
+    multiprocess_mode="livesum",
+)
+
+DB_CONNECTION_WAIT = Histogram(
+    "db_client_connection_wait_time_seconds",
+    "Time to get a connection from the pool, opening one if needed.",
+    buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+
+DB_CONNECTION_TIMEOUTS = Counter(
+    "db_client_connection_timeouts_total",
+    "Requests that gave up waiting for a pooled connection (DB_POOL_TIMEOUT_SECONDS).",
+)
+
+# db_operation_name is the statement's first keyword (SELECT, INSERT, ...) or OTHER.
+DB_OPERATION_DURATION = Histogram(
+    "db_client_operation_duration_seconds",
+    "Duration of SQL statements, from send to result.",
+    ["db_operation_name"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+# --- Cache, dependencies, rate limiting ----------------------------------------------
 
 # Cache-aside outcomes: result is "hit", "miss" or "bypass" (Redis unavailable).
 CACHE_LOOKUPS = Counter(
@@ -31,4 +108,23 @@ RATE_LIMIT_DECISIONS = Counter(
     "ratelimit_decisions_total",
     "Rate limiter decisions by policy and outcome.",
     ["policy", "outcome"],
+)
+
+# --- Process lifecycle (Gunicorn master hooks in gunicorn.conf.py) --------------------
+
+WORKERS_STARTED = Counter(
+    "gunicorn_workers_started_total",
+    "Worker processes the Gunicorn master has forked (boot, recycling, crashes, HUP).",
+)
+
+WORKERS_EXITED = Counter(
+    "gunicorn_workers_exited_total",
+    "Worker processes that have exited, for whatever reason.",
+)
+
+APP_INFO = Gauge(
+    "app_info",
+    "Always 1; the labels say which version runs and how many workers were configured.",
+    ["service_version", "workers"],
+    multiprocess_mode="livemax",
 )

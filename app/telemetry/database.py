@@ -1,0 +1,132 @@
+"""Postgres metrics: pool state, time to get a connection, statement latency.
+
+The pool is per worker (`app/db.py`), so its gauges are `livesum`: the total over the
+live workers is what Postgres sees. Everything here is failsafe: a metrics error is
+logged at a bounded rate and never reaches the query.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter
+from typing import Any
+
+from prometheus_client import Histogram
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+
+from app.telemetry.logging import RateLimitedLog
+from app.telemetry.metrics import (
+    DB_CONNECTION_TIMEOUTS,
+    DB_CONNECTION_WAIT,
+    DB_CONNECTIONS,
+    DB_CONNECTIONS_MAX,
+    DB_CONNECTIONS_OVERFLOW,
+    DB_OPERATION_DURATION,
+)
+
+logger = logging.getLogger(__name__)
+_errors = RateLimitedLog(logger, interval=60.0)
+
+_USED = DB_CONNECTIONS.labels("used")
+_IDLE = DB_CONNECTIONS.labels("idle")
+
+# Statement kinds worth their own latency series; anything else is OTHER, so the label
+# stays bounded whatever SQL runs.
+_OPERATIONS = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")
+_OPERATION_SERIES: dict[str, Histogram] = {
+    name: DB_OPERATION_DURATION.labels(name) for name in (*_OPERATIONS, "OTHER")
+}
+# Set on SQLAlchemy's per-statement execution context between the two cursor events.
+_STARTED_ATTR = "_parity_statement_started"
+
+
+class MeteredPool(AsyncAdaptedQueuePool):
+    """SQLAlchemy's asyncio queue pool, reporting its state after every checkout and
+    checkin, and how long each checkout waited (`db.client.connection.wait_time`:
+    waiting for a free connection plus opening a new one when the pool may grow)."""
+
+    # Log as the pool it extends, under SQLAlchemy's logger (quiet below WARNING).
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
+
+    def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any):
+        super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
+        try:
+            DB_CONNECTIONS_MAX.set(pool_size + max(max_overflow, 0))
+            self._report()
+        except Exception as exc:
+            _errors.warning("pool metrics failed: %r", exc)
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        started = perf_counter()
+        try:
+            return super()._do_get()
+        except PoolTimeoutError:
+            DB_CONNECTION_TIMEOUTS.inc()
+            raise
+        finally:
+            try:
+                DB_CONNECTION_WAIT.observe(perf_counter() - started)
+                self._report()
+            except Exception as exc:
+                _errors.warning("pool metrics failed: %r", exc)
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        super()._do_return_conn(record)
+        try:
+            self._report()
+        except Exception as exc:
+            _errors.warning("pool metrics failed: %r", exc)
+
+    def dispose(self) -> None:
+        super().dispose()
+        try:
+            self._report()
+        except Exception as exc:
+            _errors.warning("pool metrics failed: %r", exc)
+
+    def _report(self) -> None:
+        _USED.set(self.checkedout())
+        _IDLE.set(self.checkedin())
+        # overflow() counts from -pool_size up: negative while the pool is not full yet.
+        DB_CONNECTIONS_OVERFLOW.set(max(self.overflow(), 0))
+
+
+def operation_name(statement: str) -> str:
+    """The statement's first keyword if it is one we keep a series for, else OTHER."""
+    head = statement[:24].split(None, 1)
+    keyword = head[0].upper() if head else ""
+    return keyword if keyword in _OPERATION_SERIES else "OTHER"
+
+
+def _before_cursor_execute(*args: Any) -> None:
+    context = args[4]
+    if context is not None:
+        setattr(context, _STARTED_ATTR, perf_counter())
+
+
+def _after_cursor_execute(*args: Any) -> None:
+    _observe_statement(args[2], args[4])
+
+
+def _handle_error(exception_context: Any) -> None:
+    _observe_statement(exception_context.statement, exception_context.execution_context)
+
+
+def _observe_statement(statement: str | None, context: Any) -> None:
+    try:
+        started = getattr(context, _STARTED_ATTR, None)
+        if started is None:
+            return
+        _OPERATION_SERIES[operation_name(statement or "")].observe(perf_counter() - started)
+    except Exception as exc:
+        _errors.warning("statement metrics failed: %r", exc)
+
+
+def observe_statements(engine: Engine) -> None:
+    """Time every statement `engine` sends (pass `async_engine.sync_engine`)."""
+    event.listen(engine, "before_cursor_execute", _before_cursor_execute)
+    event.listen(engine, "after_cursor_execute", _after_cursor_execute)
+    event.listen(engine, "handle_error", _handle_error)

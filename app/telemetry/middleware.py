@@ -1,0 +1,317 @@
+"""TelemetryMiddleware: request id, metrics, the HTTP server span and the access log.
+
+One pure ASGI middleware rather than four: one wrapper around `send`, one pass over
+the request headers, one clock read at each end. It is the outermost entry of
+`build_middleware`, so it times and logs every answer, including the 429/413/503 that
+inner middleware produce.
+
+Per request:
+
+1. request id: the incoming `X-Request-ID` if it is 1-128 characters of
+   `[A-Za-z0-9._:-]`, else a new random one; echoed in the response header and put on
+   every log line of the request;
+2. tracing (when on, and not for /health, /ready, /metrics): a SERVER span continuing
+   the incoming W3C `traceparent`, current while the app runs so SQL and Redis spans
+   are its children; its ids go back in a `traceresponse` header
+   (W3C Trace Context Level 2) and into the logs;
+3. metrics: `http_server_active_requests` while it runs, then
+   `http_server_request_duration_seconds` labelled with the route *template*;
+4. one JSON access line (successful probes and scrapes excepted).
+
+Failsafe: telemetry code never fails a request; its errors are logged at a bounded
+rate. Label children are created once and cached, so the hot path is dictionary
+lookups and a few memory-mapped writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from contextvars import Token
+from time import perf_counter
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.telemetry.logging import REQUEST_ID, RateLimitedLog
+from app.telemetry.metrics import HTTP_ACTIVE_REQUESTS, HTTP_REQUEST_DURATION
+from app.telemetry.tracing import EXCLUDED_PATHS, Tracing
+
+logger = logging.getLogger(__name__)
+access_log = logging.getLogger("app.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+TRACE_RESPONSE_HEADER = b"traceresponse"
+_VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# The http_route label of requests no route matched (404s, slash redirects): one
+# series for all of them, however many paths scanners try.
+UNMATCHED_ROUTE = "unmatched"
+# Methods outside this set are labelled _OTHER (OpenTelemetry's rule), so a client
+# sending made-up methods cannot create series.
+KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
+)
+_ROOT_CONTEXT = Context()  # a server span never inherits ambient context
+_NO_TRACE_HEADERS: frozenset[bytes] = frozenset()
+
+
+class _Exchange:
+    """What one request carries from its start to its end."""
+
+    __slots__ = (
+        "context_token",
+        "error",
+        "method",
+        "request_id",
+        "request_id_token",
+        "span",
+        "status",
+        "user_agent",
+    )
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.request_id = ""
+        self.request_id_token: Token[str | None] | None = None
+        self.span: trace.Span | None = None
+        self.context_token: Token[Context] | None = None
+        self.status = 0
+        self.error: BaseException | None = None
+        self.user_agent: str | None = None
+
+
+class TelemetryMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics_enabled: bool = True) -> None:
+        self.app = app
+        self._metrics_enabled = metrics_enabled
+        self._durations: dict[tuple[str, str, int], Any] = {}
+        self._active: dict[str, Any] = {}
+        self._endpoint_routes: dict[Any, str] = {}
+        self._errors = RateLimitedLog(logger, interval=60.0)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = perf_counter()
+        exchange = self._begin(scope)
+
+        async def send_with_ids(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+                message = self._with_response_headers(message, exchange)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_ids)
+        except BaseException as exc:
+            exchange.error = exc
+            raise
+        finally:
+            self._finish(scope, exchange, perf_counter() - started)
+
+    # --- request start ---------------------------------------------------------------
+
+    def _begin(self, scope: Scope) -> _Exchange:
+        method: str = scope["method"]
+        exchange = _Exchange(method if method in KNOWN_METHODS else "_OTHER")
+        try:
+            state = scope.get("state")
+            tracing: Tracing | None = state.get("tracing") if state else None
+            carrier = self._read_headers(scope, exchange, tracing)
+            exchange.request_id_token = REQUEST_ID.set(exchange.request_id)
+            if self._metrics_enabled:
+                self._active_requests(exchange.method).inc()
+            if tracing is not None:
+                self._start_span(scope, exchange, tracing, carrier)
+        except Exception as exc:
+            self._errors.warning("telemetry failed at request start: %r", exc)
+        if not exchange.request_id:
+            exchange.request_id = secrets.token_hex(16)
+        return exchange
+
+    def _read_headers(
+        self, scope: Scope, exchange: _Exchange, tracing: Tracing | None
+    ) -> dict[str, str] | None:
+        """One pass: the request id, the user agent and the trace-context headers."""
+        trace_headers = tracing.header_names if tracing is not None else _NO_TRACE_HEADERS
+        carrier: dict[str, str] | None = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                if _VALID_REQUEST_ID.fullmatch(value):
+                    exchange.request_id = value.decode("ascii")
+            elif name == b"user-agent":
+                exchange.user_agent = value.decode("latin-1")
+            elif name in trace_headers:
+                if carrier is None:
+                    carrier = {}
+                carrier[name.decode("latin-1")] = value.decode("latin-1")
+        if not exchange.request_id:
+            exchange.request_id = secrets.token_hex(16)
+        return carrier
+
+    def _start_span(
+        self, scope: Scope, exchange: _Exchange, tracing: Tracing, carrier: dict[str, str] | None
+    ) -> None:
+        if scope["path"] in EXCLUDED_PATHS:
+            # No span, and no orphan SQL/Redis spans from /ready's dependency pings.
+            suppressed = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, _ROOT_CONTEXT)
+            exchange.context_token = otel_context.attach(suppressed)
+            return
+        parent = tracing.propagator.extract(carrier, _ROOT_CONTEXT) if carrier else _ROOT_CONTEXT
+        method = exchange.method
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.path": scope["path"],
+            "url.scheme": scope.get("scheme", "http"),
+            "network.protocol.version": scope.get("http_version", "1.1"),
+        }
+        if method == "_OTHER":
+            attributes["http.request.method_original"] = scope["method"]
+        if client := scope.get("client"):
+            attributes["client.address"] = client[0]
+        if exchange.user_agent:
+            attributes["user_agent.original"] = exchange.user_agent
+        span = tracing.tracer.start_span(
+            "HTTP" if method == "_OTHER" else method,
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes=attributes,
+        )
+        exchange.span = span
+        exchange.context_token = otel_context.attach(trace.set_span_in_context(span, parent))
+
+    def _active_requests(self, method: str) -> Any:
+        child = self._active.get(method)
+        if child is None:
+            child = self._active[method] = HTTP_ACTIVE_REQUESTS.labels(method)
+        return child
+
+    # --- response start --------------------------------------------------------------
+
+    def _with_response_headers(self, message: Message, exchange: _Exchange) -> Message:
+        try:
+            # A new list: the response object may reuse its own.
+            headers = [
+                *message.get("headers", ()),
+                (REQUEST_ID_HEADER, exchange.request_id.encode()),
+            ]
+            if exchange.span is not None:
+                span_context = exchange.span.get_span_context()
+                if span_context.is_valid:
+                    headers.append((TRACE_RESPONSE_HEADER, _traceresponse(span_context)))
+            return {**message, "headers": headers}
+        except Exception as exc:
+            self._errors.warning("telemetry failed at response start: %r", exc)
+            return message
+
+    # --- request end -----------------------------------------------------------------
+
+    def _finish(self, scope: Scope, exchange: _Exchange, duration: float) -> None:
+        try:
+            # No response started: the server error handler outside us answers 500.
+            status = exchange.status or 500
+            route = self._route(scope)
+            if self._metrics_enabled:
+                self._active_requests(exchange.method).dec()
+                self._duration(exchange.method, route, status).observe(duration)
+            if exchange.span is not None:
+                _end_span(exchange.span, exchange.method, route, status, exchange.error)
+            if access_log.isEnabledFor(logging.INFO) and (
+                status >= 400 or scope["path"] not in EXCLUDED_PATHS
+            ):
+                self._log_access(scope, exchange, route, status, duration)
+        except Exception as exc:
+            self._errors.warning("telemetry failed at request end: %r", exc)
+        finally:
+            # After an unhandled exception the request id and trace context stay set:
+            # the 500 handler and Uvicorn's traceback log run after us, in this same
+            # task (one per request), and their lines must carry them too.
+            if exchange.error is None:
+                if exchange.context_token is not None:
+                    otel_context.detach(exchange.context_token)
+                if exchange.request_id_token is not None:
+                    REQUEST_ID.reset(exchange.request_id_token)
+
+    def _duration(self, method: str, route: str, status: int) -> Any:
+        key = (method, route, status)
+        child = self._durations.get(key)
+        if child is None:
+            child = self._durations[key] = HTTP_REQUEST_DURATION.labels(method, route, str(status))
+        return child
+
+    def _route(self, scope: Scope) -> str:
+        """The template of the route that handled the request (set in the scope by the
+        router), or UNMATCHED_ROUTE; never the raw path."""
+        template = getattr(scope.get("route"), "path_format", None)
+        if template:
+            return str(template)
+        # Plain Starlette routes (/docs, /openapi.json) set only the endpoint.
+        endpoint = scope.get("endpoint")
+        if endpoint is None:
+            return UNMATCHED_ROUTE
+        template = self._endpoint_routes.get(endpoint)
+        if template is None:
+            routes = getattr(scope.get("app"), "routes", ())
+            template = next(
+                (r.path_format for r in routes if getattr(r, "endpoint", None) is endpoint),
+                UNMATCHED_ROUTE,
+            )
+            self._endpoint_routes[endpoint] = template  # bounded by the number of routes
+        return template
+
+    def _log_access(
+        self, scope: Scope, exchange: _Exchange, route: str, status: int, duration: float
+    ) -> None:
+        trace_id = span_id = None
+        sampled = False
+        if exchange.span is not None:
+            span_context = exchange.span.get_span_context()
+            if span_context.is_valid:
+                trace_id = format(span_context.trace_id, "032x")
+                span_id = format(span_context.span_id, "016x")
+                sampled = span_context.trace_flags.sampled
+        client = scope.get("client")
+        access_log.info(
+            "%s %s %d",
+            scope["method"],
+            scope["path"],
+            status,
+            extra={
+                "method": scope["method"],
+                "route": route,
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(duration * 1000, 3),
+                "client": client[0] if client else None,
+                "request_id": exchange.request_id,
+                "trace_id": trace_id,
+                "span_id": span_id,
+                "trace_sampled": sampled,
+            },
+        )
+
+
+def _end_span(
+    span: trace.Span, method: str, route: str, status: int, error: BaseException | None
+) -> None:
+    if span.is_recording():
+        if route != UNMATCHED_ROUTE:
+            span.update_name(f"{'HTTP' if method == '_OTHER' else method} {route}")
+            span.set_attribute("http.route", route)
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500 or error is not None:
+            span.set_attribute("error.type", type(error).__qualname__ if error else str(status))
+            span.set_status(trace.StatusCode.ERROR)
+    span.end()
+
+
+def _traceresponse(span_context: trace.SpanContext) -> bytes:
+    return (
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+        f"{span_context.trace_flags:02x}"
+    ).encode()

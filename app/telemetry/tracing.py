@@ -1,0 +1,261 @@
+"""OpenTelemetry tracing, set up in each worker's lifespan, after Gunicorn forks.
+
+Never in the master: a BatchSpanProcessor's export thread does not survive a fork
+(open-telemetry/opentelemetry-python#1567, #3307). Configuration is the standard
+OTEL_* environment, read by the SDK (endpoint, headers, timeout, batch sizes), with
+two project defaults (docs/observability.md):
+
+- sampler: parent-based trace-id ratio at DEFAULT_SAMPLE_RATIO when
+  OTEL_TRACES_SAMPLER is unset (OTEL_TRACES_SAMPLER_ARG still sets the ratio). An
+  incoming `traceparent` decides for its trace; our own roots are sampled at 10%.
+  Creating spans is where tracing costs throughput, so this is the knob that keeps
+  the service fast; set OTEL_TRACES_SAMPLER=parentbased_always_on for demos.
+- exporter: OTLP over HTTP/protobuf (`OTEL_EXPORTER_OTLP_ENDPOINT`, default
+  http://localhost:4318); `OTEL_TRACES_EXPORTER=none` keeps the spans in-process
+  (trace ids in logs, nothing sent).
+
+Spans: the HTTP server span (app/telemetry/middleware.py), SQL statements
+(opentelemetry-instrumentation-sqlalchemy, on our engine only) and Redis commands
+(opentelemetry-instrumentation-redis, on our client only): no process-wide patching, so
+two apps in one process (tests) do not trace into each other's provider.
+
+Failsafe: nothing here may stop a worker from booting (a worker whose lifespan fails
+makes Gunicorn halt the whole server); a collector that is down costs a log line a
+minute and a counter, never a request's time: spans are queued and sent by a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+from opentelemetry.instrumentation.sqlalchemy.version import (
+    __version__ as sqlalchemy_instrumentation,
+)
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import __version__
+from app.settings import Settings
+from app.telemetry.logging import RateLimitedLog
+from app.telemetry.metrics import DEPENDENCY_ERRORS
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SAMPLE_RATIO = 0.1
+# Part of the lifespan shutdown budget (3 s): how long the last spans may take to leave.
+SHUTDOWN_TIMEOUT_SECONDS = 2.0
+# Probes and scrapes: frequent, uninteresting, and they would crowd out real traces.
+EXCLUDED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """One worker's tracer provider, and what the middleware needs per request."""
+
+    provider: TracerProvider
+    tracer: trace.Tracer
+    propagator: TextMapPropagator
+    # The propagator's headers as raw ASGI header names (b"traceparent", ...).
+    header_names: frozenset[bytes]
+    exporter: _ReportingExporter | None = None
+
+    def instrument_engine(self, engine: AsyncEngine) -> None:
+        """SQL spans for statements sent through `engine` (and no other engine)."""
+        # SQLAlchemyInstrumentor is a process-wide singleton that also patches
+        # create_engine; its EngineTracer only listens to the engine it is given.
+        usage = NoOpMeterProvider().get_meter("parity").create_up_down_counter("unused")
+        tracer = self.provider.get_tracer(
+            "opentelemetry.instrumentation.sqlalchemy", sqlalchemy_instrumentation
+        )
+        EngineTracer(tracer, engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+
+    def instrument_redis(self, redis: Redis) -> None:
+        """Redis spans for commands sent through `redis` (arguments are masked)."""
+        RedisInstrumentor.instrument_client(redis, tracer_provider=self.provider)
+
+    async def shutdown(self) -> bool:
+        """Send the spans still queued, then stop; False if that took longer than
+        SHUTDOWN_TIMEOUT_SECONDS.
+
+        The lifespan calls this last: atexit handlers do not run when the Uvicorn worker
+        re-raises SIGTERM, so spans queued at shutdown would otherwise be lost. The SDK
+        waits up to 30 s for an unreachable collector; we wait our budget for a daemon
+        thread doing it, then let the process go.
+        """
+        if self.exporter is not None and not self.exporter.reachable:
+            # The last export failed: do not spend the budget on retries to a collector
+            # that is down (natively there is none); the queued spans are dropped.
+            self.exporter.shutdown()
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def shut_down() -> None:
+            try:
+                self.provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: we gave up
+                    loop.call_soon_threadsafe(done.set)
+
+        threading.Thread(target=shut_down, name="otel-shutdown", daemon=True).start()
+        try:
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_SECONDS):
+                await done.wait()
+        except TimeoutError:
+            logger.warning(
+                "spans not exported within %.1fs of shutdown were dropped",
+                SHUTDOWN_TIMEOUT_SECONDS,
+            )
+            return False
+        return True
+
+
+def start_tracing(settings: Settings) -> Tracing | None:
+    """The tracer provider of this worker, or None when tracing is off or cannot start
+    (then the reason is logged and the service runs untraced)."""
+    if settings.OTEL_SDK_DISABLED:
+        return None
+    try:
+        return _start(settings)
+    except Exception:
+        logger.exception("tracing could not start; serving without it")
+        return None
+
+
+def _start(settings: Settings) -> Tracing:
+    provider = TracerProvider(
+        resource=Resource.create(_resource_attributes(settings)),
+        sampler=_default_sampler(),
+        shutdown_on_exit=False,
+    )
+    otlp = _exporter()
+    exporter = _ReportingExporter(otlp) if otlp is not None else None
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    # Global too, so `trace.get_tracer(__name__)` in application code joins our traces.
+    # The first provider in a process wins (the only one, under Gunicorn).
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(provider)
+    propagator = propagate.get_global_textmap()
+    return Tracing(
+        provider=provider,
+        tracer=provider.get_tracer("app.telemetry", __version__),
+        propagator=propagator,
+        header_names=frozenset(field.lower().encode("latin-1") for field in propagator.fields),
+        exporter=exporter,
+    )
+
+
+def _resource_attributes(settings: Settings) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "service.version": __version__,
+        "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
+        "process.pid": os.getpid(),
+    }
+    # OTEL_SERVICE_NAME (and service.name in OTEL_RESOURCE_ATTRIBUTES) win over ours.
+    if not os.environ.get("OTEL_SERVICE_NAME") and "service.name=" not in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    ):
+        attributes["service.name"] = settings.SERVICE_NAME
+    return attributes
+
+
+def _default_sampler() -> Sampler | None:
+    """None (the SDK reads OTEL_TRACES_SAMPLER) when the variable is set, else
+    parent-based ratio sampling."""
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    ratio = DEFAULT_SAMPLE_RATIO
+    argument = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if argument:
+        try:
+            ratio = float(argument)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            logger.warning(
+                "OTEL_TRACES_SAMPLER_ARG=%r is not a ratio in [0, 1]; sampling %s",
+                argument,
+                DEFAULT_SAMPLE_RATIO,
+            )
+            ratio = DEFAULT_SAMPLE_RATIO
+    return ParentBased(TraceIdRatioBased(ratio))
+
+
+def _exporter() -> SpanExporter | None:
+    choice = {
+        name.strip().lower()
+        for name in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")
+        if name.strip()
+    }
+    if not choice or "none" in choice:
+        return None
+    if choice - {"otlp"}:
+        logger.warning("OTEL_TRACES_EXPORTER=%s: only otlp and none are supported", choice)
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    if protocol != "http/protobuf":
+        logger.warning(
+            "OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; exporting with http/protobuf "
+            "(port 4318 on a collector)",
+            protocol,
+        )
+    return OTLPSpanExporter()
+
+
+class _ReportingExporter(SpanExporter):
+    """Counts failed exports (`dependency_errors_total{dependency="otel-collector"}`) and
+    says so at most once a minute; runs on the batch processor's thread."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+        self._endpoint = getattr(exporter, "_endpoint", "the collector")
+        self._failures = RateLimitedLog(logger, interval=60.0)
+        self._shut_down = False
+        # False after a failed export, True again after a successful one.
+        self.reachable = True
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._exporter.export(spans)
+        except Exception as exc:
+            result, reason = SpanExportResult.FAILURE, repr(exc)
+        else:
+            reason = "see the exporter's log line"
+        self.reachable = result is SpanExportResult.SUCCESS
+        if not self.reachable:
+            DEPENDENCY_ERRORS.labels("otel-collector", "export_spans").inc()
+            self._failures.warning(
+                "could not export %d spans to %s (%s); is the collector up? "
+                "OTEL_SDK_DISABLED=true turns tracing off",
+                len(spans),
+                self._endpoint,
+                reason,
+            )
+        return result
+
+    def shutdown(self) -> None:
+        if not self._shut_down:  # called early by Tracing.shutdown, then by the SDK
+            self._shut_down = True
+            self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
