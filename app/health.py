@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from app import cache, db
 from app.deps import ResourcesDep
 from app.errors import problem_response
+from app.lifecycle import Lifecycle, get_lifecycle
 
 router = APIRouter(tags=["health"])
 
@@ -52,7 +53,19 @@ async def _check(
     summary="Readiness: Postgres answers (required); Redis is reported",
     responses={503: {"description": "Not ready; `checks` names what failed"}},
 )
-async def ready(resources: ResourcesDep) -> Response:
+async def ready(
+    resources: ResourcesDep, lifecycle: Annotated[Lifecycle, Depends(get_lifecycle)]
+) -> Response:
+    if not lifecycle.ready:
+        # Shutting down (docs/shutdown.md): answer at once, without probing anything, so
+        # load balancers stop routing here while in-flight requests drain.
+        return problem_response(
+            503,
+            detail="not ready: shutting down",
+            slug="not-ready",
+            instance="/ready",
+            checks={"shutdown": {"status": "draining", "required": True}},
+        )
     timeout = resources.settings.READY_TIMEOUT_SECONDS
     database, redis = await asyncio.gather(
         _check(lambda: db.ping(resources.engine), timeout, required=True),

@@ -18,13 +18,14 @@ from fastapi.openapi.utils import get_openapi
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from starlette.middleware import Middleware
 
-from app import __version__, cache, db
+from app import __version__, cache, db, demo
 from app.breaker import CircuitBreaker
 from app.cache import VersionedCache, create_redis
 from app.catalog.routes import router as catalog_router
 from app.deps import Resources
 from app.errors import document_problem_responses, install_error_handlers
 from app.health import router as health_router
+from app.lifecycle import DrainingMiddleware, Lifecycle
 from app.limits import BodySizeLimitMiddleware, HandlerTimeoutMiddleware
 from app.orders.routes import router as orders_router
 from app.ratelimit import RateLimitMiddleware, document_rate_limits
@@ -115,7 +116,7 @@ def make_lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
     return lifespan
 
 
-def build_middleware(settings: Settings) -> list[Middleware]:
+def build_middleware(settings: Settings, lifecycle: Lifecycle) -> list[Middleware]:
     """The middleware stack, outermost first. All of it is pure ASGI (no
     BaseHTTPMiddleware: it is slow, loses contextvars and turns exceptions raised in it
     into 500s). The order is deliberate:
@@ -127,7 +128,10 @@ def build_middleware(settings: Settings) -> list[Middleware]:
     4. input limits (body size, handler timeout) closest to the routes.
     """
     telemetry = [Middleware(TelemetryMiddleware, metrics_enabled=settings.METRICS_ENABLED)]
-    headers = [Middleware(SecurityHeadersMiddleware, hsts_max_age=settings.HSTS_MAX_AGE_SECONDS)]
+    headers = [
+        Middleware(SecurityHeadersMiddleware, hsts_max_age=settings.HSTS_MAX_AGE_SECONDS),
+        Middleware(DrainingMiddleware, lifecycle=lifecycle),
+    ]
     if settings.CORS_ALLOW_ORIGINS:
         headers.append(cors_middleware(settings))
     admission: list[Middleware] = []
@@ -143,12 +147,14 @@ def build_middleware(settings: Settings) -> list[Middleware]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     docs = settings.DOCS_ENABLED
+    # Set by the worker on SIGTERM (app/lifecycle.py); read by /ready and the middleware.
+    lifecycle = Lifecycle()
     app = FastAPI(
         title="parity API",
         version=__version__,
         summary="A FastAPI service run the way production runs it.",
         lifespan=make_lifespan(settings),
-        middleware=build_middleware(settings),
+        middleware=build_middleware(settings, lifecycle),
         openapi_url="/openapi.json" if docs else None,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
@@ -157,12 +163,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )
     app.state.settings = settings
+    app.state.lifecycle = lifecycle
     install_error_handlers(app)
     app.include_router(health_router)
     if settings.METRICS_ENABLED:
         app.include_router(metrics_router)
     app.include_router(catalog_router)
     app.include_router(orders_router)
+    if settings.DEMO_ENDPOINTS_ENABLED:
+        app.include_router(demo.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -25,6 +25,10 @@ _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 # Values of these variables are never echoed back in an error message or a repr.
 SECRET_FIELDS = frozenset({"DATABASE_URL", "REDIS_URL"})
 
+# After the drain timeout cuts requests off, how long they get to send their 503 before
+# the lifespan shutdown starts (app/lifecycle.py). Part of the shutdown budget.
+CUT_OFF_GRACE_SECONDS = 0.5
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
@@ -120,6 +124,21 @@ class Settings(BaseSettings):
     # Strict-Transport-Security max-age, sent on HTTPS requests only (behind a TLS
     # proxy: X-Forwarded-Proto from a FORWARDED_ALLOW_IPS peer). 0 = never sent.
     HSTS_MAX_AGE_SECONDS: int = Field(0, ge=0, le=63_072_000)
+
+    # --- Shutdown (app/lifecycle.py, docs/shutdown.md) -----------------------------
+    # After SIGTERM, keep serving this long while /ready answers 503, so load balancers
+    # stop routing here first (the in-process preStop sleep). 0 natively; 5 in
+    # compose.yaml and k8s/, where endpoints take seconds to update.
+    SHUTDOWN_DELAY_SECONDS: Annotated[float, Field(ge=0, le=300)] = 0.0
+    # Then stop accepting and let in-flight requests finish for at most this long
+    # (Uvicorn's `timeout_graceful_shutdown`); what is still running is cut off with a 503.
+    SHUTDOWN_DRAIN_TIMEOUT_SECONDS: PositiveSeconds = 20.0
+    # Then the lifespan shutdown (DB pool, Redis, span flush) gets at most this long.
+    SHUTDOWN_LIFESPAN_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=60)] = 3.0
+
+    # --- Demo and test features (off by default) -----------------------------------
+    # GET /api/v1/demo/slow?ms= holds a request in flight (shutdown and load tests).
+    DEMO_ENDPOINTS_ENABLED: bool = False
 
     # --- Logging -------------------------------------------------------------------
     LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
@@ -227,6 +246,30 @@ class Settings(BaseSettings):
                 "graceful shutdown kills requests the timeout would have let finish"
             )
         return self
+
+    @model_validator(mode="after")
+    def _shutdown_fits_in_graceful_timeout(self) -> Self:
+        """Gunicorn SIGKILLs workers `GUNICORN_GRACEFUL_TIMEOUT` seconds after TERM: a
+        shutdown that needs longer loses its in-flight requests and its queued spans."""
+        if self.shutdown_budget_seconds >= self.GUNICORN_GRACEFUL_TIMEOUT:
+            raise ValueError(
+                "SHUTDOWN_DELAY_SECONDS + SHUTDOWN_DRAIN_TIMEOUT_SECONDS + "
+                f"{CUT_OFF_GRACE_SECONDS} + SHUTDOWN_LIFESPAN_TIMEOUT_SECONDS = "
+                f"{self.shutdown_budget_seconds:g} s must stay below "
+                f"GUNICORN_GRACEFUL_TIMEOUT ({self.GUNICORN_GRACEFUL_TIMEOUT} s), "
+                "else Gunicorn kills workers mid-shutdown (docs/shutdown.md)"
+            )
+        return self
+
+    @property
+    def shutdown_budget_seconds(self) -> float:
+        """The longest a worker's shutdown takes from SIGTERM to exit."""
+        return (
+            self.SHUTDOWN_DELAY_SECONDS
+            + self.SHUTDOWN_DRAIN_TIMEOUT_SECONDS
+            + CUT_OFF_GRACE_SECONDS
+            + self.SHUTDOWN_LIFESPAN_TIMEOUT_SECONDS
+        )
 
     @property
     def database_url_masked(self) -> str:

@@ -1,15 +1,19 @@
-"""The Gunicorn worker class and the CPU arithmetic behind the default worker count."""
+"""The Gunicorn worker class (graceful shutdown, app/lifecycle.py) and the CPU arithmetic
+behind the default worker count."""
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
+from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker as _UvicornWorker
 
 from app.http_protocol import HardenedHttpToolsProtocol
+from app.lifecycle import GracefulServer, Lifecycle
 from app.settings import Settings, load_settings
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -66,11 +70,15 @@ def limit_options(settings: Settings, worker_connections: int) -> dict[str, Any]
 
 
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # untyped base
-    """uvicorn-worker's class (`uvicorn.workers` is deprecated) with our Uvicorn options.
+    """uvicorn-worker's class (`uvicorn.workers` is deprecated) with our Uvicorn options
+    and our shutdown sequence (`GracefulServer`, app/lifecycle.py).
 
     - `lifespan="on"`: a broken lifespan is an error, not silently skipped.
     - `server_header=False`: do not advertise the server software.
     - the limits of `limit_options`, read from the settings in each worker.
+    - `timeout_graceful_shutdown`: uvicorn-worker does not pass Gunicorn's
+      graceful_timeout on, and Uvicorn's default is to wait for in-flight requests
+      forever (Kludex/uvicorn PR #2094): SHUTDOWN_DRAIN_TIMEOUT_SECONDS bounds the drain.
     """
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
@@ -84,6 +92,20 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # untyped base
         super().__init__(*args, **kwargs)
         # The base class builds Uvicorn's Config from the class-level CONFIG_KWARGS,
         # which cannot depend on settings; Config is loaded only later, in the worker.
-        options = limit_options(load_settings(), self.cfg.worker_connections)
+        # Runs in the master just before the fork, with the master's environment.
+        self.settings = load_settings()
+        options = limit_options(self.settings, self.cfg.worker_connections)
         for name, value in options.items():
             setattr(self.config, name, value)
+        self.config.timeout_graceful_shutdown = self.settings.SHUTDOWN_DRAIN_TIMEOUT_SECONDS
+
+    async def _serve(self) -> None:
+        # uvicorn-worker's `_serve`, with our server class in place of Uvicorn's.
+        self.config.app = self.wsgi
+        state = getattr(self.wsgi, "state", None)
+        lifecycle = getattr(state, "lifecycle", None) or Lifecycle()
+        server = GracefulServer(self.config, self.settings, lifecycle)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
