@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -125,6 +126,16 @@ class DrainingMiddleware:
                 headers={"Retry-After": "1"},
             )
             await response(scope, receive, send_with_connection_close)
+
+
+def has_unread_bytes(transport: asyncio.BaseTransport) -> bool:
+    """Whether the connection's socket has data (or an EOF) the event loop has not read."""
+    sock = transport.get_extra_info("socket")
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (AttributeError, OSError, ValueError):  # no socket, or already closed
+        return False
+    return bool(readable)
 
 
 def master_keeps_listening(listeners: Sequence[socket.socket]) -> bool:
@@ -273,9 +284,7 @@ class GracefulServer(uvicorn.Server):
         answered_before = self.server_state.total_requests
         grace_until = min(deadline, started + IDLE_KEEPALIVE_GRACE_SECONDS)
         await self._wait_until_idle(grace_until, tasks_too=False)
-        for connection in list(self.server_state.connections):
-            connection.shutdown()
-        await self._wait_until_idle(deadline, tasks_too=True)
+        await self._wait_until_idle(deadline, tasks_too=True, close_idle=True)
         cut_off = await self._cut_off_overdue_requests()
         self._log(
             "drain",
@@ -337,16 +346,30 @@ class GracefulServer(uvicorn.Server):
     def _signalled_at(self) -> float:
         return self.lifecycle.signalled_at or time.monotonic()
 
-    async def _wait_until_idle(self, deadline: float, *, tasks_too: bool) -> None:
+    async def _wait_until_idle(
+        self, deadline: float, *, tasks_too: bool, close_idle: bool = False
+    ) -> None:
         """Until every connection has closed (and, with `tasks_too`, every request task
         has ended: one whose client left may still be committing), the deadline passes,
-        or a second Ctrl-C forces the exit."""
+        or a second Ctrl-C forces the exit. With `close_idle`, ask the connections to
+        close on every round (see `_close_connections`)."""
         state = self.server_state
         while (state.connections or (tasks_too and state.tasks)) and not self.force_exit:
+            if close_idle:
+                self._close_connections()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             await asyncio.sleep(min(0.05, remaining))
+
+    def _close_connections(self) -> None:
+        """Uvicorn's `connection.shutdown()`: an idle connection closes now, a busy one
+        after its response. Skipped for a connection with bytes waiting in its socket: a
+        request the event loop has not read yet, which closing would turn into a reset.
+        It is read on the next loop turn and answered with `Connection: close`."""
+        for connection in list(self.server_state.connections):
+            if not has_unread_bytes(connection.transport):
+                connection.shutdown()
 
     async def _cut_off_overdue_requests(self) -> int:
         tasks = [task for task in self.server_state.tasks if not task.done()]

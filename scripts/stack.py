@@ -340,6 +340,23 @@ class ComposeStack:
     def logs(self) -> str:
         return self.compose("logs", "--no-color", "--no-log-prefix", self.service).stdout
 
+    def service_state(self) -> tuple[str, int | None]:
+        """The service container's state ("running", "exited", ...) and exit code, from
+        `docker compose ps --all --format json` (one object, a list, or one per line)."""
+        out = self.compose("ps", "--all", "--format", "json", self.service).stdout.strip()
+        if not out:
+            return "missing", None
+        try:
+            parsed = json.loads(out)
+        except ValueError:
+            parsed = [json.loads(line) for line in out.splitlines() if line.strip()]
+        entries = parsed if isinstance(parsed, list) else [parsed]
+        if not entries:
+            return "missing", None
+        entry = entries[0]
+        code = entry.get("ExitCode")
+        return str(entry.get("State", "unknown")), int(code) if code is not None else None
+
     def stop_service(self, name: str) -> None:
         self.compose("stop", name)
 
