@@ -128,6 +128,24 @@ class DrainingMiddleware:
             await response(scope, receive, send_with_connection_close)
 
 
+def accept_waiting(listener: socket.socket) -> list[socket.socket]:
+    """Accept every connection waiting in the listen backlog, without blocking."""
+    accepted: list[socket.socket] = []
+    try:
+        listener.setblocking(False)
+    except OSError:
+        return accepted
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return accepted
+        except OSError:  # the socket is gone, or out of file descriptors
+            return accepted
+        conn.setblocking(False)
+        accepted.append(conn)
+
+
 def has_unread_bytes(transport: asyncio.BaseTransport) -> bool:
     """Whether the connection's socket has data (or an EOF) the event loop has not read."""
     sock = transport.get_extra_info("socket")
@@ -198,7 +216,7 @@ class GracefulServer(uvicorn.Server):
         ticker = asyncio.create_task(self._keep_ticking())
         try:
             await self._phase_delay()
-            self._phase_stop_accepting(sockets)
+            await self._phase_stop_accepting(sockets)
             await self._phase_drain()
             await self._phase_lifespan_shutdown()
         finally:
@@ -253,22 +271,48 @@ class GracefulServer(uvicorn.Server):
             answered=self.server_state.total_requests - answered_before,
         )
 
-    def _phase_stop_accepting(self, sockets: list[socket.socket] | None) -> None:
-        """3. Stop accepting: close our listening sockets. Once every worker has closed its
-        copy, new connections are refused (on HUP the master keeps one: they wait in the
-        kernel's backlog for the new workers)."""
+    async def _phase_stop_accepting(self, sockets: list[socket.socket] | None) -> None:
+        """3. Stop accepting: take what waits in the listen backlog, then close our copy
+        of the listening socket. Once every worker has closed its copy new connections
+        are refused (on HUP the master keeps one: they wait for the new workers).
+
+        The kernel completes handshakes on its own: a client can have connected and sent
+        its request before any worker accepted it. Closing the last copy of the socket
+        resets those connections, so they are accepted and served first (no await
+        between the last accept and the close: nothing can slip in on this side)."""
         started = time.monotonic()
+        waiting = [conn for sock in sockets or [] for conn in accept_waiting(sock)]
         for server in self.servers:
             server.close()
         for sock in sockets or []:
             sock.close()
+        # Registered before the drain starts counting connections.
+        await asyncio.gather(*(self._serve_accepted(conn) for conn in waiting))
         self._log(
             "stop_accepting",
             started,
-            "shutdown 3/6 stop accepting: listener closed; %d connections open",
+            "shutdown 3/6 stop accepting: listener closed, %d waiting connections taken "
+            "from the backlog; %d connections open",
+            len(waiting),
             len(self.server_state.connections),
+            from_backlog=len(waiting),
             connections=len(self.server_state.connections),
         )
+
+    async def _serve_accepted(self, conn: socket.socket) -> None:
+        """Serve a connection accepted by hand, as the asyncio server would have."""
+
+        def protocol() -> asyncio.Protocol:
+            return self.config.http_protocol_class(  # type: ignore[call-arg]
+                config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                protocol, conn, ssl=self.config.ssl
+            )
+        except OSError:
+            conn.close()
 
     async def _phase_drain(self) -> None:
         """4. Drain, bounded by the drain timeout:
