@@ -47,10 +47,11 @@ from app.settings import CUT_OFF_GRACE_SECONDS, Settings
 
 logger = logging.getLogger(__name__)
 
-# Drain step 4b: how long an idle keep-alive connection is left open after the listener
-# closes. A client that sends its next request in this window gets it answered (with
-# `Connection: close`); closing at once would race clients whose request is already on
-# the wire, and they would see a reset (RFC 9112 §9.6). Counted inside the drain timeout.
+# Drain step 4a: idle keep-alive connections stay open at least this long after the
+# listener closes (and as long as requests are in flight). A client that sends its next
+# request meanwhile gets it answered with `Connection: close`; closing at once would race
+# clients whose request is already on its way, and they would see a reset for a request
+# the server never read (RFC 9112 §9.6). Counted inside the drain timeout.
 IDLE_KEEPALIVE_GRACE_SECONDS = 1.0
 CUT_OFF_REASON = "cut off: the shutdown drain timeout passed"
 
@@ -316,19 +317,19 @@ class GracefulServer(uvicorn.Server):
 
     async def _phase_drain(self) -> None:
         """4. Drain, bounded by the drain timeout:
-        a. busy connections finish their request and close (`Connection: close`);
-        b. idle keep-alive connections get IDLE_KEEPALIVE_GRACE_SECONDS to send one more
-           request (answered, then closed), then close;
-        c. wait for the remaining requests;
-        d. past the timeout, cut off what still runs: cancelled, answered 503."""
+        a. while requests are in flight (and for at least IDLE_KEEPALIVE_GRACE_SECONDS)
+           every connection stays open: each response says `Connection: close` and the
+           connection closes after it. Closing idle ones earlier gains nothing (the worker
+           cannot exit before its requests end) and races clients about to reuse them;
+        b. then close the idle connections and wait for the rest;
+        c. past the timeout, cut off what still runs: cancelled, answered 503."""
         started = time.monotonic()
         timeout = self._drain_timeout()
         deadline = started + timeout
         in_flight = len(self.server_state.tasks)
         answered_before = self.server_state.total_requests
         grace_until = min(deadline, started + IDLE_KEEPALIVE_GRACE_SECONDS)
-        await self._wait_until_idle(grace_until, tasks_too=False)
-        await self._wait_until_idle(deadline, tasks_too=True, close_idle=True)
+        await self._wait_until_idle(deadline, tasks_too=True, close_idle_after=grace_until)
         cut_off = await self._cut_off_overdue_requests()
         self._log(
             "drain",
@@ -391,20 +392,20 @@ class GracefulServer(uvicorn.Server):
         return self.lifecycle.signalled_at or time.monotonic()
 
     async def _wait_until_idle(
-        self, deadline: float, *, tasks_too: bool, close_idle: bool = False
+        self, deadline: float, *, tasks_too: bool, close_idle_after: float
     ) -> None:
         """Until every connection has closed (and, with `tasks_too`, every request task
         has ended: one whose client left may still be committing), the deadline passes,
-        or a second Ctrl-C forces the exit. With `close_idle`, ask the connections to
-        close on every round (see `_close_connections`)."""
+        or a second Ctrl-C forces the exit. Idle connections are closed once no request
+        is in flight and `close_idle_after` has passed."""
         state = self.server_state
         while (state.connections or (tasks_too and state.tasks)) and not self.force_exit:
-            if close_idle:
-                self._close_connections()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 return
-            await asyncio.sleep(min(0.05, remaining))
+            if not state.tasks and now >= close_idle_after:
+                self._close_connections()
+            await asyncio.sleep(min(0.05, deadline - now))
 
     def _close_connections(self) -> None:
         """Uvicorn's `connection.shutdown()`: an idle connection closes now, a busy one
