@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help venv services run test lint audit format lock clean dashboards verify-dashboards tools smoke up down logs
+.PHONY: help venv services run test lint audit format lock clean dashboards verify-dashboards tools smoke up down logs verify-shutdown
 
 .PHONY: loadtest tune demo
 
@@ -36,6 +36,9 @@ run: venv services ## migrate, seed and serve natively with Gunicorn on :8000
 
 test: venv services ## run the test suite against the real Postgres, Redis and Gunicorn
 	$(BIN)/pytest
+
+verify-shutdown: venv services ## SIGTERM and SIGHUP under load: prove no request is lost
+	$(BIN)/python scripts/verify_graceful_shutdown.py --native --signal TERM --plot results/shutdown-TERM.png && $(BIN)/python scripts/verify_graceful_shutdown.py --native --signal HUP --plot results/shutdown-HUP.png
 
 lint: venv ## ruff (lint + format check) and mypy --strict on app/
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -787,6 +787,7 @@ def plot_timeline(data: RunData, report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     step = 0.1
     end = max((a.ended or a.started for a in data.attempts), default=0.0)
     bins = [i * step for i in range(int(end / step) + 2)]
