@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import runpy
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,26 +149,52 @@ def budgets_from_compose() -> Iterator[Budget]:
 
 
 def budgets_from_k8s() -> Iterator[Budget]:
-    """Every pod template under k8s/ with a container that sets our variables."""
-    for path in sorted((REPO_ROOT / "k8s").rglob("*.y*ml")):
-        for document in yaml.safe_load_all(path.read_text()):
-            pod = pod_spec(document)
-            if pod is None:
+    """Every pod template under k8s/ with a container that sets our variables, through
+    `env` or `envFrom` a ConfigMap (a manifest, or a kustomize configMapGenerator)."""
+    documents = [
+        (path, document)
+        for path in sorted((REPO_ROOT / "k8s").rglob("*.y*ml"))
+        for document in yaml.safe_load_all(path.read_text())
+        if isinstance(document, dict)
+    ]
+    config_maps = config_maps_in(document for _, document in documents)
+    for path, document in documents:
+        pod = pod_spec(document)
+        if pod is None:
+            continue
+        for container in pod.get("containers", []):
+            environment: dict[str, str] = {}
+            for source in container.get("envFrom", []):
+                name = source.get("configMapRef", {}).get("name")
+                environment.update(config_maps.get(name, {}))
+            environment.update(as_environment(container.get("env")))
+            if not set(SHUTDOWN_VARIABLES) & environment.keys():
                 continue
-            for container in pod.get("containers", []):
-                environment = as_environment(container.get("env"))
-                if not set(SHUTDOWN_VARIABLES) & environment.keys():
-                    continue
-                budget = settings_with(environment)
-                name = f"{path.relative_to(REPO_ROOT)}: {document['metadata']['name']}"
-                yield Budget(
-                    **{
-                        **budget.__dict__,
-                        "source": name,
-                        "outer_grace": float(pod.get("terminationGracePeriodSeconds", 30)),
-                        "pre_stop_sleep": pre_stop_sleep(container),
-                    }
-                )
+            budget = settings_with(environment)
+            name = f"{path.relative_to(REPO_ROOT)}: {document['metadata']['name']}"
+            yield Budget(
+                **{
+                    **budget.__dict__,
+                    "source": name,
+                    "outer_grace": float(pod.get("terminationGracePeriodSeconds", 30)),
+                    "pre_stop_sleep": pre_stop_sleep(container),
+                }
+            )
+
+
+def config_maps_in(documents: Iterable[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """ConfigMap name -> data, from ConfigMap manifests and kustomize generators."""
+    found: dict[str, dict[str, str]] = {}
+    for document in documents:
+        if document.get("kind") == "ConfigMap":
+            found[document["metadata"]["name"]] = {
+                k: str(v) for k, v in (document.get("data") or {}).items()
+            }
+        for generator in document.get("configMapGenerator", []):
+            found.setdefault(generator["name"], {}).update(
+                as_environment(generator.get("literals", []))
+            )
+    return found
 
 
 def pod_spec(document: Any) -> dict[str, Any] | None:
