@@ -13,7 +13,6 @@ from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker as _UvicornWorker
 
 from app.http_protocol import HardenedHttpToolsProtocol
-from app.lifecycle import GracefulServer, Lifecycle
 from app.settings import Settings, load_settings
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -101,6 +100,11 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # untyped base
 
     async def _serve(self) -> None:
         # uvicorn-worker's `_serve`, with our server class in place of Uvicorn's.
+        # Imported here, in the worker: gunicorn.conf.py imports this module before it
+        # sets up Prometheus' multiprocess directory, and app.lifecycle pulls in the app
+        # (and prometheus_client, which must come after).
+        from app.lifecycle import GracefulServer, Lifecycle
+
         self.config.app = self.wsgi
         state = getattr(self.wsgi, "state", None)
         lifecycle = getattr(state, "lifecycle", None) or Lifecycle()

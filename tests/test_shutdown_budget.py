@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-import runpy
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -110,22 +111,25 @@ def budgets_from_settings_defaults() -> Iterator[Budget]:
 
 
 def budgets_from_gunicorn_conf() -> Iterator[Budget]:
-    """gunicorn.conf.py as Gunicorn loads it, with none of the variables exported."""
-    clean = {k: v for k, v in os.environ.items() if k not in SHUTDOWN_VARIABLES}
-    saved = dict(os.environ)
-    try:
-        os.environ.clear()
-        os.environ.update(clean)
-        config = runpy.run_path(str(REPO_ROOT / "gunicorn.conf.py"))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    """gunicorn.conf.py as Gunicorn loads it, with none of the variables exported (in a
+    process of its own: it must run before anything imports prometheus_client)."""
+    env = {k: v for k, v in os.environ.items() if k not in SHUTDOWN_VARIABLES}
+    read = "import runpy; print(runpy.run_path('gunicorn.conf.py')['graceful_timeout'])"
+    result = subprocess.run(
+        [sys.executable, "-c", read],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     budget = settings_with({})
     yield Budget(
         **{
             **budget.__dict__,
             "source": "gunicorn.conf.py",
-            "graceful_timeout": float(config["graceful_timeout"]),
+            "graceful_timeout": float(result.stdout.split()[-1]),
         }
     )
 
