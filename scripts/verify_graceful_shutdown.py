@@ -251,7 +251,11 @@ class NativeTarget:
     """A Gunicorn master started here via scripts/stack.py, with the project's config."""
 
     def __init__(self, workers: int, env: dict[str, str], products: int) -> None:
-        stack = NativeStack(env={"DEMO_ENDPOINTS_ENABLED": "true", **env})
+        # The rate limiter (100 requests/min per client by default) would answer most of
+        # the load with 429s: this run measures shutdown, not admission control.
+        stack = NativeStack(
+            env={"DEMO_ENDPOINTS_ENABLED": "true", "RATE_LIMIT_ENABLED": "false", **env}
+        )
         log(f"native: migrating the database, starting Gunicorn with {workers} workers")
         stack.prepare(products=products)
         self.server: GunicornProcess = stack.start_gunicorn(workers=workers)
@@ -743,6 +747,11 @@ def check_target(base_url: str, fast_path: str) -> None:
             raise StackError(f"{base_url} does not answer: {exc}") from exc
         if response.status_code == 404 and path.startswith(SLOW_PATH):
             raise StackError(f"{base_url}{SLOW_PATH} is 404: set DEMO_ENDPOINTS_ENABLED=true")
+        if response.status_code == 429:
+            raise StackError(
+                f"{base_url}{path} answered 429: run the target with RATE_LIMIT_ENABLED=false "
+                "(or a quota above the load)"
+            )
         if response.status_code != 200:
             raise StackError(f"{base_url}{path} answered {response.status_code}")
 
