@@ -130,6 +130,36 @@ async def test_unmatched_paths_and_unknown_methods_cannot_create_series(
     assert not [s for s in samples if any("wp-admin" in v for v in s.labels.values())]
 
 
+async def test_requests_refused_before_routing_count_under_their_route(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """1. the rate limiter allows one write a minute  2. two POST /api/v1/orders from one
+    client -> 201 then 429, and both count under http_route=/api/v1/orders (the 429 is
+    not `unmatched`, although the limiter answered before the router ran)."""
+    settings = make_settings(RATE_LIMIT_ENABLED=True, RATE_LIMIT_ROUTES="writes=1/60s POST /api/")
+    client_key = {"X-API-Key": f"metrics-route-{time.time_ns()}"}
+    async with app_client(settings) as client:
+        product = await create_product(client, stock=5)
+        samples_before = await scrape(client)
+        order = {"items": [{"product_id": product["id"], "quantity": 1}]}
+        statuses = [
+            (await client.post("/api/v1/orders", json=order, headers=client_key)).status_code
+            for _ in range(2)
+        ]
+        samples = await scrape(client)
+    assert statuses == [201, 429]
+    for status in ("201", "429"):
+        labels = {
+            "http_route": "/api/v1/orders",
+            "http_request_method": "POST",
+            "http_response_status_code": status,
+        }
+        grown = sample_sum(samples, DURATION_COUNT, **labels) - sample_sum(
+            samples_before, DURATION_COUNT, **labels
+        )
+        assert grown == 1, status
+
+
 async def test_active_requests_counts_a_request_in_flight_and_returns_to_zero(
     client: httpx.AsyncClient,
 ) -> None:

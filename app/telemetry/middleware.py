@@ -35,6 +35,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.telemetry.logging import REQUEST_ID, RateLimitedLog
@@ -91,6 +92,7 @@ class TelemetryMiddleware:
         self._durations: dict[tuple[str, str, int], Any] = {}
         self._active: dict[str, Any] = {}
         self._endpoint_routes: dict[Any, str] = {}
+        self._route_patterns: list[tuple[re.Pattern[str], str, frozenset[str]]] | None = None
         self._errors = RateLimitedLog(logger, interval=60.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -253,7 +255,7 @@ class TelemetryMiddleware:
         # Plain Starlette routes (/docs, /openapi.json) set only the endpoint.
         endpoint = scope.get("endpoint")
         if endpoint is None:
-            return UNMATCHED_ROUTE
+            return self._route_not_reached(scope)
         template = self._endpoint_routes.get(endpoint)
         if template is None:
             routes = getattr(scope.get("app"), "routes", ())
@@ -263,6 +265,20 @@ class TelemetryMiddleware:
             )
             self._endpoint_routes[endpoint] = template  # bounded by the number of routes
         return template
+
+    def _route_not_reached(self, scope: Scope) -> str:
+        """The template of the route the router would have chosen, for a request
+        answered before it ran (a 429 or fail-closed 503 from the rate limiter, a 413
+        from the body limit): a refused request still counts under its route, so a
+        route's request count and 5xx ratio include what middleware refused. No match
+        (404s, a slash redirect): UNMATCHED_ROUTE."""
+        if self._route_patterns is None:
+            self._route_patterns = _route_patterns(scope.get("app"))
+        path, method = scope["path"], scope["method"]
+        for pattern, template, methods in self._route_patterns:
+            if method in methods and pattern.match(path):
+                return template
+        return UNMATCHED_ROUTE
 
     def _log_access(
         self, scope: Scope, exchange: _Exchange, route: str, status: int, duration: float
@@ -294,6 +310,19 @@ class TelemetryMiddleware:
                 "trace_sampled": sampled,
             },
         )
+
+
+def _route_patterns(app: Any) -> list[tuple[re.Pattern[str], str, frozenset[str]]]:
+    """(regex, template, methods) of every operation in the app's OpenAPI document: the
+    public list of its routes, with the prefixes of included routers applied."""
+    openapi = getattr(app, "openapi", None)
+    if openapi is None:
+        return []
+    patterns = []
+    for template, operations in openapi().get("paths", {}).items():
+        regex, _, _ = compile_path(template)
+        patterns.append((regex, template, frozenset(method.upper() for method in operations)))
+    return patterns
 
 
 def _end_span(
