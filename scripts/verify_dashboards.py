@@ -48,8 +48,10 @@ NATIVE_DROPPED_JOBS = ("otel-collector", "spanmetrics", "locust")
 
 # Settings of the API for the traffic: reads practically unlimited (so the read panels
 # see steady traffic), writes keep the default policy (20/min per client), which the
-# traffic's clients exceed: the rate-limit panels see both allowed and limited.
-TRAFFIC_APP_ENV = {"RATE_LIMIT_DEFAULT": "100000/60s"}
+# traffic's clients exceed: the rate-limit panels see both allowed and limited. (The
+# test suite's fixtures switch the limiter off by default; these runs have a Redis of
+# their own and want it on.)
+TRAFFIC_APP_ENV = {"RATE_LIMIT_ENABLED": "true", "RATE_LIMIT_DEFAULT": "100000/60s"}
 
 
 @dataclass(frozen=True)
