@@ -244,8 +244,11 @@ def start_gunicorn(
     port: int | None = None,
     log_path: Path | None = None,
     extra_args: list[str] | None = None,
+    app: str = "app.main:app",
 ) -> GunicornProcess:
-    """Start `gunicorn app.main:app -c gunicorn.conf.py`; does not wait for readiness."""
+    """Start `gunicorn app.main:app -c gunicorn.conf.py`; does not wait for readiness.
+    `app` serves another ASGI app with the same configuration (the benchmarks' bare
+    FastAPI app)."""
     port = port or free_port(host)
     if log_path is None:
         log_path = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
@@ -261,7 +264,7 @@ def start_gunicorn(
             sys.executable,
             "-m",
             "gunicorn",
-            "app.main:app",
+            app,
             "-c",
             "gunicorn.conf.py",
             *(extra_args or []),

@@ -1,0 +1,482 @@
+"""The middleware tax: the full production app against a bare FastAPI app, both served
+by Gunicorn with the project's gunicorn.conf.py, side by side in one run, measured in
+alternating rounds with wrk; medians and their ratio, and a profile of where the
+production app's extra time goes.
+
+    python scripts/bench_middleware.py                       # 5 rounds of 10 s, profile 10 s
+    python scripts/bench_middleware.py --rounds 7 --plot docs/img/middleware-tax.png
+    python scripts/bench_middleware.py --write-docs          # update docs/benchmarks.md
+
+Both masters run at once with the same workers and Gunicorn settings
+(scripts/bench_apps.py): `full` is the production app with every feature at its
+defaults (metrics, tracing at the default sampler, the JSON access log, the Redis rate
+limiter, security headers, input limits); `bare` is `FastAPI()`. Both serve the same
+trivial route, which the limiter and tracing do not exempt. Every request carries an
+API key from a pool of 10,000 per wrk thread, so the limiter does its full work (a
+Redis round trip) and never refuses: 0 non-2xx answers is checked. Worker recycling is
+off (GUNICORN_MAX_REQUESTS=0) on both, so no worker restarts inside a round.
+
+Per round, in alternating order: wrk -t2 -c64 for --duration seconds against each
+server; requests/s, p50/p99 under that load, and the server's CPU per request (its
+master and workers, from /proc). Then py-spy samples each server's workers for
+--profile seconds under the same load, and the samples are attributed to the
+component whose code was running (tracing, metrics, access log, rate limiter, our other
+middleware, FastAPI/Starlette, Uvicorn, the event loop).
+
+Needs wrk (apt-get install wrk); py-spy (requirements-dev) for the profile. Traffic
+goes to 127.0.0.1 only and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python scripts/bench_middleware.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psutil
+from redis import Redis
+
+from scripts.bench_apps import TRIVIAL_PATH
+from scripts.bench_rate_limit import WRK_REPORT, machine, wrk
+from scripts.benchdocs import replace_section
+from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, StackError
+
+SERVERS = {"full": "scripts.bench_apps:full", "bare": "scripts.bench_apps:bare"}
+TARGET_RATIO = 0.5
+
+# Each request gets an API key from a pool of 10,000 per wrk thread: the rate limiter
+# checks every request against Redis, and no key comes near the default quota.
+IDENTITY_LUA = """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, {["X-API-Key"] = "bench-" .. id .. "-" .. (counter % 10000)})
+end
+"""
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Sample:
+    server: str  # full | bare
+    round: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float  # the server's master + workers
+    non_2xx: int
+    socket_errors: int
+
+
+def server_cpu_seconds(server: GunicornProcess) -> float:
+    total = 0.0
+    for pid in [server.pid, *server.worker_pids()]:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def measure(name: str, server: GunicornProcess, round_: int, args: argparse.Namespace,
+            script: Path) -> Sample:  # fmt: skip
+    cpu_before = server_cpu_seconds(server)
+    raw = wrk(
+        server.base_url + TRIVIAL_PATH,
+        connections=args.connections,
+        threads=2,
+        seconds=args.duration,
+        script=script,
+    )
+    cpu = server_cpu_seconds(server) - cpu_before
+    return Sample(
+        name,
+        round_,
+        round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        raw["p50_us"] / 1000,
+        raw["p99_us"] / 1000,
+        round(1e6 * cpu / max(raw["requests"], 1), 1),
+        raw["non_2xx"],
+        raw["socket_errors"],
+    )
+
+
+@contextmanager
+def servers(args: argparse.Namespace) -> Iterator[dict[str, GunicornProcess]]:
+    prefix = f"parity-bench-mw-{uuid.uuid4().hex[:12]}:"
+    env = {"REDIS_KEY_PREFIX": prefix, "GUNICORN_MAX_REQUESTS": "0"}
+    stack = NativeStack()
+    progress("preparing the database (create if missing, migrate, seed 10 products)")
+    stack.prepare(products=10)
+    with ExitStack() as running:
+        started = {}
+        for name, app in SERVERS.items():
+            progress(f"starting Gunicorn ({args.workers} workers): {name} ({app})")
+            # the bare app has no /ready: it is ready when its route answers
+            ready_path = "/ready" if name == "full" else TRIVIAL_PATH
+            server = stack.start_gunicorn(
+                workers=args.workers, env=env, app=app, ready_path=ready_path
+            )
+            started[name] = running.enter_context(server)
+        yield started
+    redis = Redis.from_url(stack.app_env().get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    try:
+        keys = list(redis.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 1000):
+            redis.delete(*keys[start : start + 1000])
+    finally:
+        redis.close()
+
+
+# --- profile -----------------------------------------------------------------------------
+
+# Where a sample's time goes: the innermost frame of the stack whose file contains one
+# of these markers, checked in order (py-spy runs with --full-filenames: it would drop
+# the first directory of a namespace package such as opentelemetry). The standard
+# library and glue (json, hashlib, contextvars, ...) are skipped: they work on behalf
+# of whoever called them. The event loop and Gunicorn count only when nothing else is
+# on the stack.
+APP = f"{REPO_ROOT}/app/"
+COMPONENTS = (
+    ("tracing (OpenTelemetry)", ("/opentelemetry/", f"{APP}telemetry/tracing")),
+    ("metrics (prometheus_client)", ("/prometheus_client/", f"{APP}telemetry/metrics")),
+    ("access log (logging, JSON)", ("/pythonjsonlogger/", "/logging/", f"{APP}telemetry/logging")),
+    ("rate limiter (Redis client)", ("/redis/", f"{APP}ratelimit")),
+    ("our telemetry middleware", (f"{APP}telemetry/",)),
+    ("HTTP protocol (Uvicorn, socket writes)", ("/uvicorn/", "/h11/", f"{APP}http_protocol")),
+    ("our other middleware (headers, limits)", (APP,)),
+    ("FastAPI / Starlette / pydantic", ("/fastapi/", "/starlette/", "/pydantic", "/anyio/")),
+    ("event loop (asyncio)", ("/asyncio/", "/selectors.py", "/uvloop/")),
+    ("Gunicorn worker", ("/gunicorn/", "/uvicorn_worker/")),
+)
+FALLBACK = 2  # the last two only when no other component is on the stack
+
+
+def frame_path(frame: str) -> str:
+    """`func (/path/to/file.py:123)` -> `/path/to/file.py`."""
+    inside = frame.rpartition(" (")[2]
+    return inside.rstrip(")").rpartition(":")[0]
+
+
+def component(stack: list[str]) -> str:
+    paths = [frame_path(frame) for frame in reversed(stack)]  # innermost first
+    for group in (COMPONENTS[:-FALLBACK], COMPONENTS[-FALLBACK:]):
+        for path in paths:
+            for name, markers in group:
+                if any(marker in path for marker in markers):
+                    return name
+    return "other"
+
+
+def attribute(raw_profile: str) -> dict[str, float]:
+    """py-spy's raw (collapsed) output -> share of the samples per component."""
+    counts: Counter[str] = Counter()
+    for line in raw_profile.splitlines():
+        stack_text, _, count = line.rpartition(" ")
+        if not stack_text or not count.isdigit():
+            continue
+        frames = [f for f in stack_text.split(";") if not f.startswith("process ")]
+        counts[component(frames)] += int(count)
+    total = sum(counts.values()) or 1
+    return {name: round(100 * n / total, 1) for name, n in counts.most_common()}
+
+
+def profile(name: str, server: GunicornProcess, args: argparse.Namespace, script: Path,
+            out: Path) -> dict[str, Any]:  # fmt: skip
+    """py-spy on the server's workers for args.profile seconds under the wrk load."""
+    raw_path = out / f"profile-{name}.txt"
+    load = subprocess.Popen(
+        ["wrk", "-t2", f"-c{args.connections}", f"-d{args.profile + 3}s", "-s", str(script),
+         server.base_url + TRIVIAL_PATH],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(1)
+        spy = subprocess.run(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid),
+             "--subprocesses", "--nonblocking", "--full-filenames", "--format", "raw",
+             "--rate", "250",
+             "--duration", str(args.profile), "--output", str(raw_path)],
+            capture_output=True, text=True, timeout=args.profile + 60, check=False,
+        )  # fmt: skip
+    finally:
+        load.wait(timeout=args.profile + 30)
+    if spy.returncode != 0 or not raw_path.exists():
+        raise StackError(f"py-spy failed: {spy.stderr.strip()[-500:]}")
+    text = raw_path.read_text()
+    samples = sum(int(line.rpartition(" ")[2]) for line in text.splitlines() if line.strip())
+    return {"samples": samples, "components": attribute(text), "raw": str(raw_path)}
+
+
+def cost_per_request(result: dict[str, Any], server: str) -> dict[str, float]:
+    """Each component's share of the samples × the server's CPU per request = the µs of
+    CPU each component costs a request."""
+    cpu = result["summary"][server]["cpu_us_per_request"]
+    shares = result["profiles"][server]["components"]
+    return {name: round(cpu * share / 100, 1) for name, share in shares.items()}
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    samples: list[Sample] = []
+    profiles: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, servers(args) as started:
+        script = Path(tmp) / "bench.lua"
+        script.write_text(IDENTITY_LUA + WRK_REPORT)
+        for server in started.values():  # warm-up: connections, Redis script, imports
+            wrk(server.base_url + TRIVIAL_PATH, connections=8, threads=2, seconds=3, script=script)
+        for round_ in range(1, args.rounds + 1):
+            order = ["full", "bare"] if round_ % 2 else ["bare", "full"]
+            for name in order:
+                sample = measure(name, started[name], round_, args, script)
+                samples.append(sample)
+                progress(
+                    f"round {round_}/{args.rounds} {name:<4} {sample.requests_per_second:>8.0f} "
+                    f"req/s  p50 {sample.p50_ms:.2f} ms  p99 {sample.p99_ms:.2f} ms  "
+                    f"{sample.cpu_us_per_request:.0f} µs CPU/request"
+                )
+        if args.profile:
+            for name in ("full", "bare"):
+                progress(f"profiling {name} for {args.profile}s with py-spy")
+                profiles[name] = profile(name, started[name], args, script, out)
+    return {
+        "settings": {
+            "rounds": args.rounds,
+            "duration_seconds": args.duration,
+            "workers": args.workers,
+            "connections": args.connections,
+            "load_generator": f"wrk 4 -t2 -c{args.connections}",
+            "profile_seconds": args.profile,
+        },
+        "machine": machine(),
+        "summary": summarise(samples),
+        "profiles": profiles,
+        "samples": [asdict(s) for s in samples],
+    }
+
+
+def summarise(samples: list[Sample]) -> dict[str, Any]:
+    """Medians per server, and the median of the per-round ratios (full and bare
+    measured back to back, so a slow moment of a shared machine hits both)."""
+
+    def pick(name: str) -> list[Sample]:
+        return [s for s in samples if s.server == name]
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    pairs = list(zip(pick("full"), pick("bare"), strict=True))
+    ratios = [full.requests_per_second / bare.requests_per_second for full, bare in pairs]
+    per_server = {
+        name: {
+            "requests_per_second": median([s.requests_per_second for s in pick(name)]),
+            "p50_ms": median([s.p50_ms for s in pick(name)]),
+            "p99_ms": median([s.p99_ms for s in pick(name)]),
+            "cpu_us_per_request": median([s.cpu_us_per_request for s in pick(name)]),
+        }
+        for name in SERVERS
+    }
+    ratio = median(ratios)
+    errors = sum(s.non_2xx + s.socket_errors for s in samples)
+    return {
+        **per_server,
+        "ratio": ratio,
+        "ratio_min": round(min(ratios), 3),
+        "ratio_max": round(max(ratios), 3),
+        "errors": errors,
+        "target": TARGET_RATIO,
+        "target_met": errors == 0 and ratio >= TARGET_RATIO,
+    }
+
+
+# --- reports -----------------------------------------------------------------------------
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    s, m, st = result["summary"], result["machine"], result["settings"]
+    full, bare = s["full"], s["bare"]
+    lines = [
+        "| | bare FastAPI | full production stack | full ÷ bare |",
+        "|---|---:|---:|---:|",
+        f"| throughput, {st['connections']} connections | {bare['requests_per_second']:,.0f} "
+        f"req/s | {full['requests_per_second']:,.0f} req/s | **{100 * s['ratio']:.0f}%** "
+        f"(rounds: {100 * s['ratio_min']:.0f}–{100 * s['ratio_max']:.0f}%) |",
+        f"| server CPU per request | {bare['cpu_us_per_request']:.0f} µs | "
+        f"{full['cpu_us_per_request']:.0f} µs | × "
+        f"{full['cpu_us_per_request'] / max(bare['cpu_us_per_request'], 1e-9):.2f} |",
+        f"| p50 / p99 under that load | {bare['p50_ms']:.1f} / {bare['p99_ms']:.1f} ms | "
+        f"{full['p50_ms']:.1f} / {full['p99_ms']:.1f} ms | |",
+        "",
+        f"Medians of {st['rounds']} rounds × {st['duration_seconds']} s per server, in "
+        "alternating order; the ratio is the median of the per-round ratios. Errors "
+        f"(non-2xx or socket): {s['errors']}. Target (≥ {100 * s['target']:.0f}% of bare): "
+        f"**{'met' if s['target_met'] else 'NOT met'}**.",
+    ]
+    if result["profiles"]:
+        full_cost, bare_cost = cost_per_request(result, "full"), cost_per_request(result, "bare")
+        names = [*full_cost, *(n for n in bare_cost if n not in full_cost)]
+        lines += [
+            "",
+            f"Where the CPU goes (py-spy, {st['profile_seconds']} s per server under the same "
+            "load): each component's share of the workers' samples × the CPU per request "
+            "above.",
+            "",
+            "| component | bare µs/request | full µs/request | full − bare |",
+            "|---|---:|---:|---:|",
+        ]
+        for name in sorted(names, key=lambda n: bare_cost.get(n, 0) - full_cost.get(n, 0)):
+            full_us, bare_us = full_cost.get(name, 0.0), bare_cost.get(name, 0.0)
+            lines.append(f"| {name} | {bare_us:.0f} | {full_us:.0f} | {full_us - bare_us:+.0f} |")
+    lines += [
+        "",
+        f"Machine: {m['cpus']} × {m['cpu_model']}, {m['os']}, Python {m['python']}, "
+        f"Redis {m['redis']} on loopback, load average at the end {m['load_average']} "
+        f"(shared with other work). Load generator: {st['load_generator']} on the same "
+        f"machine; {st['workers']} Gunicorn workers per server.",
+        "",
+        f"Command: `{command}`",
+    ]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = result["samples"]
+    profiles = result["profiles"]
+    figure, axes = plt.subplots(1, 2 if profiles else 1, figsize=(12 if profiles else 6, 4.5),
+                                squeeze=False)  # fmt: skip
+    left = axes[0][0]
+    for x, name in enumerate(("bare", "full")):
+        values = [s["requests_per_second"] for s in samples if s["server"] == name]
+        left.bar(x, statistics.median(values), color=("#4C72B0", "#DD8452")[x], alpha=0.8)
+        left.plot([x] * len(values), values, "k.", alpha=0.6)
+    left.set_xticks([0, 1], ["bare FastAPI", "full production stack"])
+    left.set_ylabel("requests/s (bars: median; dots: rounds)")
+    ratio = result["summary"]["ratio"]
+    left.set_title(f"Middleware tax: full keeps {100 * ratio:.0f}% of bare (target 50%)",
+                   fontsize=10)  # fmt: skip
+    if profiles:
+        right = axes[0][1]
+        full_cost, bare_cost = cost_per_request(result, "full"), cost_per_request(result, "bare")
+        names = [n for n in full_cost if n != "other"][:9]
+        y = range(len(names))
+        right.barh([i + 0.2 for i in y], [bare_cost.get(n, 0) for n in names],
+                   height=0.4, label="bare", color="#4C72B0")  # fmt: skip
+        right.barh([i - 0.2 for i in y], [full_cost.get(n, 0) for n in names],
+                   height=0.4, label="full", color="#DD8452")  # fmt: skip
+        right.set_yticks(list(y), names, fontsize=8)
+        right.invert_yaxis()
+        right.set_xlabel("CPU per request (µs)")
+        right.set_title("Where the CPU goes (py-spy)", fontsize=10)
+        right.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python scripts/bench_middleware.py", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--rounds", type=positive_int, default=5, help="rounds (default 5)")
+    parser.add_argument("--duration", type=positive_int, default=10,
+                        help="seconds per server per round (default 10)")  # fmt: skip
+    parser.add_argument("--workers", type=positive_int, default=2,
+                        help="Gunicorn workers per server (default 2)")  # fmt: skip
+    parser.add_argument("--connections", type=positive_int, default=64,
+                        help="wrk connections (default 64)")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=10,
+        metavar="SECONDS",
+        help="py-spy seconds per server after the rounds (default 10; 0 = no profile)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="directory for result.json and the raw profiles "
+        "(default results/bench-middleware-<time>)",
+    )
+    parser.add_argument("--plot", type=Path, help="write a PNG chart here")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="replace this benchmark's section of docs/benchmarks.md")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    if args.profile < 0:
+        parser.error(f"argument --profile: {args.profile!r} must not be negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out or REPO_ROOT / "results" / time.strftime("bench-middleware-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python scripts/bench_middleware.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    try:
+        result = run(args, out)
+    except (StackError, OSError, subprocess.SubprocessError) as exc:
+        progress(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return 130
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    section = markdown(result, command.strip())
+    if args.plot:
+        plot(result, args.plot)
+    if args.write_docs:
+        replace_section("bench_middleware", "Middleware tax", section)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(section)
+    progress(f"results: {out}/")
+    return 0 if result["summary"]["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

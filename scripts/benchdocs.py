@@ -1,0 +1,22 @@
+"""Keep a benchmark's measured figures in docs/benchmarks.md up to date without touching
+the rest of the file: each benchmark owns the block between its markers
+(`<!-- NAME:start -->` … `<!-- NAME:end -->`); the prose around it is written by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def replace_section(name: str, heading: str, body: str, path: Path = DOCS) -> None:
+    """Replace the block of `name`; if the file has none, append `## heading` and it."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{block}\n"
+    path.write_text(text)
