@@ -365,3 +365,18 @@ def test_recommendation_is_the_fewest_workers_near_the_best_throughput_within_th
     assert recommend(points, slo_p95_ms=58).workers == 3  # 2 misses the SLO
     assert recommend([point(1, 600, 50), point(2, 1000, 60, errors=0.2)], 100).workers == 1
     assert recommend([point(1, 600, 500)], 100).workers is None
+
+
+def test_compose_locust_image_has_the_exporter_dependency_at_the_api_version() -> None:
+    """The compose `locust` service runs with --prometheus-port, which needs
+    prometheus_client: its image installs the same version as requirements.txt."""
+    pinned = next(
+        line.strip()
+        for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+        if line.startswith("prometheus-client==")
+    )
+    dockerfile = (REPO_ROOT / "docker" / "locust" / "Dockerfile").read_text()
+    assert f"pip install --no-cache-dir {pinned}" in dockerfile
+    requirements_dev = (REPO_ROOT / "requirements-dev.txt").read_text()
+    locust = next(line for line in requirements_dev.splitlines() if line.startswith("locust=="))
+    assert f"locustio/locust:{locust.split('==')[1]}" in dockerfile
