@@ -79,5 +79,8 @@ loadtest: venv ## headless Locust against HOST (SCENARIO=, SHAPE=, LOCUST_ARGS=)
 tune: venv services ## measure the best Gunicorn worker count (scripts/tune_workers.py --native; TUNE_ARGS=)
 	$(BIN)/python scripts/tune_workers.py --native $(TUNE_ARGS)
 
+demo: venv services ## steady mixed load + the URLs of dashboards, metrics and a slow trace (DEMO_ARGS=--compose|--url URL)
+	$(BIN)/python scripts/demo.py $(DEMO_ARGS)
+
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

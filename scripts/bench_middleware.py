@@ -209,7 +209,7 @@ def profile(name: str, server: GunicornProcess, args: argparse.Namespace, script
     """py-spy on the server's workers for args.profile seconds under the wrk load."""
     raw_path = out / f"profile-{name}.txt"
     load = subprocess.Popen(
-        ["wrk", "-t2", f"-c{args.connections}", f"-d{args.profile + 3}s", "-s", str(script),
+        ["wrk", "-t2", f"-c{args.connections}", f"-d{args.profile + 2}s", "-s", str(script),
          server.base_url + TRIVIAL_PATH],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -248,8 +248,12 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, servers(args) as started:
         script = Path(tmp) / "bench.lua"
         script.write_text(IDENTITY_LUA + WRK_REPORT)
+        warmup = min(3, args.duration)
         for server in started.values():  # warm-up: connections, Redis script, imports
-            wrk(server.base_url + TRIVIAL_PATH, connections=8, threads=2, seconds=3, script=script)
+            wrk(
+                server.base_url + TRIVIAL_PATH, connections=8, threads=2, seconds=warmup,
+                script=script,
+            )  # fmt: skip
         for round_ in range(1, args.rounds + 1):
             order = ["full", "bare"] if round_ % 2 else ["bare", "full"]
             for name in order:

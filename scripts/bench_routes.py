@@ -57,7 +57,6 @@ from scripts.benchdocs import replace_section
 from scripts.stack import (
     DEFAULT_DATABASE_URL,
     REPO_ROOT,
-    GunicornProcess,
     NativeStack,
     StackError,
     drop_database,
@@ -120,7 +119,8 @@ end
     "order": """
 request = function()
   local key = identity()
-  local body = '{"items": [{"product_id": ' .. math.random(1, %(products)d) .. ', "quantity": 1}]}'
+  local product = math.random(%(first_cold)d, %(products)d)
+  local body = '{"items": [{"product_id": ' .. product .. ', "quantity": 1}]}'
   return wrk.format("POST", "/api/v1/orders", {
     ["X-API-Key"] = key, ["Idempotency-Key"] = key, ["Content-Type"] = "application/json"
   }, body)
@@ -153,7 +153,8 @@ def lua_script(route: str, directory: Path, products: int, round_: int, load: st
     body = ROUTES[route] % {
         "hot": HOT_IDS,
         "products": products,
-        "offset": round_ * 7919,
+        "offset": round_ * 7919 + (0 if load == "saturated" else 3989),
+        "first_cold": HOT_IDS + 1,
         "cursors": cursors,
     }
     header = f'run = "{uuid.uuid4().hex[:8]}"\nnthreads = {LOADS[load][0]}\n'
@@ -178,8 +179,21 @@ def empty_product_cache(redis_url: str, prefix: str) -> None:
         redis.close()
 
 
+@dataclass
+class Target:
+    base_url: str
+    redis_url: str
+    prefix: str | None  # the API's REDIS_KEY_PREFIX: None = cannot empty its cache
+
+
 @contextmanager
-def server(args: argparse.Namespace, prefix: str) -> Iterator[tuple[GunicornProcess, str]]:
+def target(args: argparse.Namespace) -> Iterator[Target]:
+    """--url: the API given; else one started here on a database of its own."""
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if args.url:
+        yield Target(args.url.rstrip("/"), redis_url, args.redis_prefix)
+        return
+    prefix = f"parity-bench-routes-{uuid.uuid4().hex[:12]}:"
     name = f"parity_bench_routes_{uuid.uuid4().hex[:8]}"
     base = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     url = make_url(base).set(database=name).render_as_string(hide_password=False)
@@ -190,10 +204,10 @@ def server(args: argparse.Namespace, prefix: str) -> Iterator[tuple[GunicornProc
     try:
         progress(f"starting Gunicorn ({args.workers} workers)")
         with stack.start_gunicorn(workers=args.workers) as running:
-            yield running, stack.app_env().get("REDIS_URL", "redis://127.0.0.1:6379/0")
+            yield Target(running.base_url, redis_url, prefix)
     finally:
         drop_database(url)
-        redis = Redis.from_url(stack.app_env().get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        redis = Redis.from_url(redis_url)
         try:
             keys = list(redis.scan_iter(match=f"{prefix}*", count=5000))
             for start in range(0, len(keys), 5000):
@@ -205,27 +219,32 @@ def server(args: argparse.Namespace, prefix: str) -> Iterator[tuple[GunicornProc
 def warm_hot_products(base_url: str) -> None:
     with httpx.Client(base_url=base_url, timeout=10) as client:
         for product_id in range(1, HOT_IDS + 1):
-            response = client.get(f"/api/v1/products/{product_id}")
+            # a key of its own, like every benchmark request: never rate limited
+            key = {"X-API-Key": f"bench-warm-{uuid.uuid4().hex}"}
+            response = client.get(f"/api/v1/products/{product_id}", headers=key)
             if response.status_code != 200:
                 raise StackError(f"warming product {product_id}: {response.status_code}")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: list[Sample] = []
-    prefix = f"parity-bench-routes-{uuid.uuid4().hex[:12]}:"
-    with tempfile.TemporaryDirectory() as tmp, server(args, prefix) as (running, redis_url):
+    with tempfile.TemporaryDirectory() as tmp, target(args) as running:
         directory = Path(tmp)
-        warm_hot_products(running.base_url)
+        if running.prefix is None:
+            progress("no --redis-prefix: the cache is not emptied; uncached reads walk "
+                     "from a new position each time and report their real MISS share")  # fmt: skip
         routes = list(ROUTES)
         for route in routes:  # warm-up: connections, pools, Lua scripts in Redis
             script = lua_script(route, directory, args.products, 0, "light")
-            run_wrk(running.base_url, "light", 2, script)
+            run_wrk(running.base_url, "light", min(2, args.duration), script)
         for round_ in range(1, args.rounds + 1):
             order = routes if round_ % 2 else routes[::-1]
             for route in order:
                 for load in LOADS:
-                    if route == "uncached read":
-                        empty_product_cache(redis_url, prefix)
+                    if route == "uncached read" and running.prefix is not None:
+                        empty_product_cache(running.redis_url, running.prefix)
+                    if route == "cached read":
+                        warm_hot_products(running.base_url)
                     script = lua_script(route, directory, args.products, round_, load)
                     raw = run_wrk(running.base_url, load, args.duration, script)
                     sample = Sample(
@@ -326,10 +345,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=50_000,
         help="products seeded (the uncached reads walk them; default 50000)",
     )
+    parser.add_argument("--url", help="measure an API already running here (seeded with "
+                        "--products products) instead of starting one")  # fmt: skip
+    parser.add_argument("--redis-prefix", help="--url: its REDIS_KEY_PREFIX, to empty the "
+                        "product cache before the uncached reads")  # fmt: skip
     parser.add_argument("--write-docs", action="store_true",
                         help="replace this benchmark's section of docs/benchmarks.md")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
+    if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        parser.error(f"argument --url: {args.url!r} is not on this machine (loopback only)")
     if args.products <= HOT_IDS + 20:
         parser.error(f"argument --products: {args.products} must be above {HOT_IDS + 20}")
     return args

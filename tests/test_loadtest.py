@@ -8,6 +8,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -380,3 +381,46 @@ def test_compose_locust_image_has_the_exporter_dependency_at_the_api_version() -
     requirements_dev = (REPO_ROOT / "requirements-dev.txt").read_text()
     locust = next(line for line in requirements_dev.splitlines() if line.startswith("locust=="))
     assert f"locustio/locust:{locust.split('==')[1]}" in dockerfile
+
+
+@pytest.mark.gunicorn
+def test_demo_loads_a_running_api_and_says_what_is_missing_natively(
+    seeded_server: GunicornProcess,
+) -> None:
+    """`demo.py --url` for 4 s -> a status line from the users, the URLs that exist here,
+    and the plain statement that Grafana and Jaeger do not run natively."""
+    process = subprocess.run(
+        [sys.executable, "scripts/demo.py", "--url", seeded_server.base_url, "--duration", "4",
+         "--users", "4", "--products", str(PRODUCTS), "--no-prometheus"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "Locust client metrics    http://127.0.0.1:" in process.stderr
+    assert "No Grafana and no Jaeger on this machine" in process.stderr
+    assert "done: " in process.stderr
+    assert " 0 failed" in process.stderr
+
+
+@pytest.mark.gunicorn
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
+def test_route_benchmark_measures_every_route_without_errors(
+    seeded_server: GunicornProcess,
+) -> None:
+    """scripts/bench_routes.py --url: cached, uncached, list and order routes, 1 round of
+    1 s per load -> throughput for each, 0 errors (every request passed the rate limiter
+    with an identity of its own), and the uncached reads really missed the cache."""
+    process = subprocess.run(
+        [sys.executable, "scripts/bench_routes.py", "--url", seeded_server.base_url,
+         "--redis-prefix", seeded_server.env["REDIS_KEY_PREFIX"], "--products", str(PRODUCTS),
+         "--rounds", "1", "--duration", "1", "--json"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-3000:]
+    summary = json.loads(process.stdout)["summary"]
+    assert summary["errors"] == 0
+    routes = summary["routes"]
+    assert set(routes) == {"cached read", "uncached read", "list page", "order"}
+    assert all(route["saturated"]["requests_per_second"] > 0 for route in routes.values())
+    assert routes["uncached read"]["light"]["miss_share"] > 0.5
+    assert routes["cached read"]["saturated"]["miss_share"] == 0
