@@ -17,12 +17,9 @@ from scripts.bench_middleware import attribute
 from scripts.benchdocs import replace_section
 from scripts.stack import REPO_ROOT
 
-pytestmark = [
-    pytest.mark.gunicorn,
-    pytest.mark.skipif(
-        shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)"
-    ),
-]
+needs_wrk = pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)"
+)
 
 
 def run_script(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
