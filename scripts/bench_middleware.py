@@ -14,11 +14,14 @@ limiter, security headers, input limits); `bare` is `FastAPI()`. Both serve the 
 trivial route, which the limiter and tracing do not exempt. Every request carries an
 API key from a pool of 10,000 per wrk thread, so the limiter does its full work (a
 Redis round trip) and never refuses: 0 non-2xx answers is checked. Worker recycling is
-off (GUNICORN_MAX_REQUESTS=0) on both, so no worker restarts inside a round.
+off (GUNICORN_MAX_REQUESTS=0) everywhere, so no worker restarts inside a round.
 
-Per round, in alternating order: wrk -t2 -c64 for --duration seconds against each
-server; requests/s, p50/p99 under that load, and the server's CPU per request (its
-master and workers, from /proc). Then py-spy samples each server's workers for
+Unless --no-ablation, four more masters serve the full app with one feature turned off
+each (rate limiter, tracing, metrics, access log): what each feature costs.
+
+Per round, each server in turn (the order rotates from round to round): wrk -t2 -c64
+for --duration seconds; requests/s, p50/p99 under that load, and the server's CPU per
+request (its master and workers, from /proc). Then py-spy samples each server's workers for
 --profile seconds under the same load, and the samples are attributed to the
 component whose code was running (tracing, metrics, access log, rate limiter, our other
 middleware, FastAPI/Starlette, Uvicorn, the event loop).
@@ -35,12 +38,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +58,23 @@ from redis import Redis
 from scripts.bench_apps import TRIVIAL_PATH
 from scripts.bench_rate_limit import WRK_REPORT, machine, wrk
 from scripts.benchdocs import replace_section
-from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, StackError
+from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, StackError, start_gunicorn
 
-SERVERS = {"full": "scripts.bench_apps:full", "bare": "scripts.bench_apps:bare"}
+FULL, BARE = "scripts.bench_apps:full", "scripts.bench_apps:bare"
+# name -> (app, environment on top of the defaults, what it shows). The "without"
+# variants turn one feature off in the full app: what each one costs, measured as
+# throughput in the same rounds, which no profiler artefact can distort.
+VARIANTS: dict[str, tuple[str, dict[str, str], str]] = {
+    "full": (FULL, {}, "the production app, every feature at its defaults"),
+    "bare": (BARE, {}, "FastAPI() with the same route"),
+    "without rate limiter": (FULL, {"RATE_LIMIT_ENABLED": "false"}, "RATE_LIMIT_ENABLED=false"),
+    "without tracing": (FULL, {"OTEL_SDK_DISABLED": "true"}, "OTEL_SDK_DISABLED=true"),
+    "without metrics": (FULL, {"METRICS_ENABLED": "false"}, "METRICS_ENABLED=false"),
+    # LOG_LEVEL=warning silences the access log (and the boot lines, so this variant is
+    # waited for on its route instead of on its workers' startup lines).
+    "without access log": (FULL, {"LOG_LEVEL": "warning"}, "LOG_LEVEL=warning"),
+}
+ABLATIONS = [name for name in VARIANTS if name.startswith("without")]
 TARGET_RATIO = 0.5
 
 # Each request gets an API key from a pool of 10,000 per wrk thread: the rate limiter
@@ -124,23 +143,55 @@ def measure(name: str, server: GunicornProcess, round_: int, args: argparse.Name
     )
 
 
+class OtlpSink:
+    """A stand-in OpenTelemetry Collector: accepts OTLP/HTTP exports (POST /v1/traces)
+    on a loopback port and counts them, so the full app really serialises and sends its
+    sampled spans, as it would to a collector, instead of failing to connect."""
+
+    def __init__(self) -> None:
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.exports += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                """Quiet."""
+
+        self.exports = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @contextmanager
-def servers(args: argparse.Namespace) -> Iterator[dict[str, GunicornProcess]]:
+def servers(args: argparse.Namespace, sink: OtlpSink) -> Iterator[dict[str, GunicornProcess]]:
     prefix = f"parity-bench-mw-{uuid.uuid4().hex[:12]}:"
-    env = {"REDIS_KEY_PREFIX": prefix, "GUNICORN_MAX_REQUESTS": "0"}
+    env = {
+        "REDIS_KEY_PREFIX": prefix,
+        "GUNICORN_MAX_REQUESTS": "0",
+        # Where the spans go; the sampler and everything else stay at their defaults.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url,
+    }
     stack = NativeStack()
     progress("preparing the database (create if missing, migrate, seed 10 products)")
     stack.prepare(products=10)
+    names = ["full", "bare", *(ABLATIONS if args.ablation else [])]
     with ExitStack() as running:
         started = {}
-        for name, app in SERVERS.items():
+        for name in names:
+            app, extra, _ = VARIANTS[name]
             progress(f"starting Gunicorn ({args.workers} workers): {name} ({app})")
-            # the bare app has no /ready: it is ready when its route answers
-            ready_path = "/ready" if name == "full" else TRIVIAL_PATH
-            server = stack.start_gunicorn(
-                workers=args.workers, env=env, app=app, ready_path=ready_path
-            )
-            started[name] = running.enter_context(server)
+            started[name] = running.enter_context(start_variant(stack, app, {**env, **extra}, args))
         yield started
     redis = Redis.from_url(stack.app_env().get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     try:
@@ -149,6 +200,21 @@ def servers(args: argparse.Namespace) -> Iterator[dict[str, GunicornProcess]]:
             redis.delete(*keys[start : start + 1000])
     finally:
         redis.close()
+
+
+def start_variant(stack: NativeStack, app: str, env: dict[str, str],
+                  args: argparse.Namespace) -> GunicornProcess:  # fmt: skip
+    if app == FULL and env.get("LOG_LEVEL") != "warning":
+        return stack.start_gunicorn(workers=args.workers, env=env, app=app)
+    # No /ready (bare) or no boot lines in the log (access log off): ready when the
+    # route answers.
+    server = start_gunicorn(stack.app_env(**env), workers=args.workers, app=app)
+    try:
+        server.wait_ready(timeout=60, path=TRIVIAL_PATH)
+    except BaseException:
+        server.stop(timeout=10)
+        raise
+    return server
 
 
 # --- profile -----------------------------------------------------------------------------
@@ -231,21 +297,17 @@ def profile(name: str, server: GunicornProcess, args: argparse.Namespace, script
     return {"samples": samples, "components": attribute(text), "raw": str(raw_path)}
 
 
-def cost_per_request(result: dict[str, Any], server: str) -> dict[str, float]:
-    """Each component's share of the samples × the server's CPU per request = the µs of
-    CPU each component costs a request."""
-    cpu = result["summary"][server]["cpu_us_per_request"]
-    shares = result["profiles"][server]["components"]
-    return {name: round(cpu * share / 100, 1) for name, share in shares.items()}
-
-
 # --- the run -----------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     samples: list[Sample] = []
     profiles: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp, servers(args) as started:
+    with ExitStack() as resources:
+        sink = OtlpSink()
+        resources.callback(sink.close)
+        tmp = resources.enter_context(tempfile.TemporaryDirectory())
+        started = resources.enter_context(servers(args, sink))
         script = Path(tmp) / "bench.lua"
         script.write_text(IDENTITY_LUA + WRK_REPORT)
         warmup = min(3, args.duration)
@@ -255,8 +317,9 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 script=script,
             )  # fmt: skip
         for round_ in range(1, args.rounds + 1):
-            order = ["full", "bare"] if round_ % 2 else ["bare", "full"]
-            for name in order:
+            names = list(started)
+            shift = (round_ - 1) % len(names)  # each server takes each position in turn
+            for name in names[shift:] + names[:shift]:
                 sample = measure(name, started[name], round_, args, script)
                 samples.append(sample)
                 progress(
@@ -278,24 +341,28 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "profile_seconds": args.profile,
         },
         "machine": machine(),
-        "summary": summarise(samples),
+        "summary": {**summarise(samples), "otlp_exports": sink.exports},
         "profiles": profiles,
         "samples": [asdict(s) for s in samples],
     }
 
 
 def summarise(samples: list[Sample]) -> dict[str, Any]:
-    """Medians per server, and the median of the per-round ratios (full and bare
-    measured back to back, so a slow moment of a shared machine hits both)."""
+    """Medians per server; full ÷ bare and each ablation ÷ full as the median of the
+    per-round ratios (servers measured back to back in a round, so a slow moment of a
+    shared machine hits them alike)."""
 
     def pick(name: str) -> list[Sample]:
-        return [s for s in samples if s.server == name]
+        return sorted((s for s in samples if s.server == name), key=lambda s: s.round)
 
     def median(values: list[float]) -> float:
         return round(statistics.median(values), 3)
 
-    pairs = list(zip(pick("full"), pick("bare"), strict=True))
-    ratios = [full.requests_per_second / bare.requests_per_second for full, bare in pairs]
+    def ratios(top: str, bottom: str) -> list[float]:
+        pairs = zip(pick(top), pick(bottom), strict=True)
+        return [a.requests_per_second / b.requests_per_second for a, b in pairs]
+
+    names = list(dict.fromkeys(s.server for s in samples))
     per_server = {
         name: {
             "requests_per_second": median([s.requests_per_second for s in pick(name)]),
@@ -303,15 +370,28 @@ def summarise(samples: list[Sample]) -> dict[str, Any]:
             "p99_ms": median([s.p99_ms for s in pick(name)]),
             "cpu_us_per_request": median([s.cpu_us_per_request for s in pick(name)]),
         }
-        for name in SERVERS
+        for name in names
     }
-    ratio = median(ratios)
+    main = ratios("full", "bare")
+    ablations = {
+        name: {
+            "gain_over_full": median(ratios(name, "full")),
+            "share_of_bare": median(ratios(name, "bare")),
+            "cpu_us_saved": round(
+                per_server["full"]["cpu_us_per_request"] - per_server[name]["cpu_us_per_request"], 1
+            ),
+        }
+        for name in names
+        if name in ABLATIONS
+    }
+    ratio = median(main)
     errors = sum(s.non_2xx + s.socket_errors for s in samples)
     return {
         **per_server,
         "ratio": ratio,
-        "ratio_min": round(min(ratios), 3),
-        "ratio_max": round(max(ratios), 3),
+        "ratio_min": round(min(main), 3),
+        "ratio_max": round(max(main), 3),
+        "ablations": ablations,
         "errors": errors,
         "target": TARGET_RATIO,
         "target_met": errors == 0 and ratio >= TARGET_RATIO,
@@ -337,25 +417,43 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"{full['p50_ms']:.1f} / {full['p99_ms']:.1f} ms | |",
         "",
         f"Medians of {st['rounds']} rounds × {st['duration_seconds']} s per server, in "
-        "alternating order; the ratio is the median of the per-round ratios. Errors "
+        "rotating order; ratios are medians of the per-round ratios. Errors "
         f"(non-2xx or socket): {s['errors']}. Target (≥ {100 * s['target']:.0f}% of bare): "
-        f"**{'met' if s['target_met'] else 'NOT met'}**.",
+        f"**{'met' if s['target_met'] else 'NOT met'}**. The full app's sampled spans went to "
+        f"a stand-in OTLP collector on loopback ({s['otlp_exports']} export requests).",
     ]
-    if result["profiles"]:
-        full_cost, bare_cost = cost_per_request(result, "full"), cost_per_request(result, "bare")
-        names = [*full_cost, *(n for n in bare_cost if n not in full_cost)]
+    if s["ablations"]:
         lines += [
             "",
-            f"Where the CPU goes (py-spy, {st['profile_seconds']} s per server under the same "
-            "load): each component's share of the workers' samples × the CPU per request "
-            "above.",
+            "What each feature costs: the full app with that one feature turned off, in the "
+            "same rounds.",
             "",
-            "| component | bare µs/request | full µs/request | full − bare |",
-            "|---|---:|---:|---:|",
+            "| full app without | setting | req/s | vs full | of bare | CPU/request saved |",
+            "|---|---|---:|---:|---:|---:|",
         ]
-        for name in sorted(names, key=lambda n: bare_cost.get(n, 0) - full_cost.get(n, 0)):
-            full_us, bare_us = full_cost.get(name, 0.0), bare_cost.get(name, 0.0)
-            lines.append(f"| {name} | {bare_us:.0f} | {full_us:.0f} | {full_us - bare_us:+.0f} |")
+        for name, entry in sorted(s["ablations"].items(), key=lambda i: -i[1]["gain_over_full"]):
+            lines.append(
+                f"| {name.removeprefix('without ')} | `{VARIANTS[name][2]}` | "
+                f"{s[name]['requests_per_second']:,.0f} | × {entry['gain_over_full']:.2f} | "
+                f"{100 * entry['share_of_bare']:.0f}% | {entry['cpu_us_saved']:.0f} µs |"
+            )
+    if result["profiles"]:
+        full_share = result["profiles"]["full"]["components"]
+        bare_share = result["profiles"]["bare"]["components"]
+        names = [*full_share, *(n for n in bare_share if n not in full_share)]
+        lines += [
+            "",
+            f"Where the time goes inside the workers (py-spy, {st['profile_seconds']} s per "
+            "server under the same load; share of the samples by the component whose code "
+            "was running):",
+            "",
+            "| component | bare | full |",
+            "|---|---:|---:|",
+        ]
+        for name in names:
+            lines.append(
+                f"| {name} | {bare_share.get(name, 0.0):.1f}% | {full_share.get(name, 0.0):.1f}% |"
+            )
     lines += [
         "",
         f"Machine: {m['cpus']} × {m['cpu_model']}, {m['os']}, Python {m['python']}, "
@@ -376,31 +474,38 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     samples = result["samples"]
     profiles = result["profiles"]
-    figure, axes = plt.subplots(1, 2 if profiles else 1, figsize=(12 if profiles else 6, 4.5),
+    figure, axes = plt.subplots(1, 2 if profiles else 1, figsize=(14 if profiles else 8, 5),
                                 squeeze=False)  # fmt: skip
     left = axes[0][0]
-    for x, name in enumerate(("bare", "full")):
+    names = list(dict.fromkeys(s["server"] for s in samples))
+    bare = statistics.median(s["requests_per_second"] for s in samples if s["server"] == "bare")
+    for x, name in enumerate(names):
         values = [s["requests_per_second"] for s in samples if s["server"] == name]
-        left.bar(x, statistics.median(values), color=("#4C72B0", "#DD8452")[x], alpha=0.8)
+        color = {"bare": "#4C72B0", "full": "#DD8452"}.get(name, "#BBBBBB")
+        left.bar(x, statistics.median(values), color=color, alpha=0.85)
         left.plot([x] * len(values), values, "k.", alpha=0.6)
-    left.set_xticks([0, 1], ["bare FastAPI", "full production stack"])
-    left.set_ylabel("requests/s (bars: median; dots: rounds)")
+        left.annotate(f"{100 * statistics.median(values) / bare:.0f}%", (x, 0), ha="center",
+                      va="bottom", fontsize=8, color="white", weight="bold")  # fmt: skip
+    left.set_xticks(range(len(names)), [n.replace("without ", "without\n") for n in names],
+                    fontsize=8)  # fmt: skip
+    left.set_ylabel("requests/s (bars: median; dots: rounds; % of bare)")
     ratio = result["summary"]["ratio"]
     left.set_title(f"Middleware tax: full keeps {100 * ratio:.0f}% of bare (target 50%)",
                    fontsize=10)  # fmt: skip
     if profiles:
         right = axes[0][1]
-        full_cost, bare_cost = cost_per_request(result, "full"), cost_per_request(result, "bare")
-        names = [n for n in full_cost if n != "other"][:9]
-        y = range(len(names))
-        right.barh([i + 0.2 for i in y], [bare_cost.get(n, 0) for n in names],
+        full_share = profiles["full"]["components"]
+        bare_share = profiles["bare"]["components"]
+        components = [n for n in full_share if n != "other"][:9]
+        y = range(len(components))
+        right.barh([i + 0.2 for i in y], [bare_share.get(n, 0) for n in components],
                    height=0.4, label="bare", color="#4C72B0")  # fmt: skip
-        right.barh([i - 0.2 for i in y], [full_cost.get(n, 0) for n in names],
+        right.barh([i - 0.2 for i in y], [full_share.get(n, 0) for n in components],
                    height=0.4, label="full", color="#DD8452")  # fmt: skip
-        right.set_yticks(list(y), names, fontsize=8)
+        right.set_yticks(list(y), components, fontsize=8)
         right.invert_yaxis()
-        right.set_xlabel("CPU per request (µs)")
-        right.set_title("Where the CPU goes (py-spy)", fontsize=10)
+        right.set_xlabel("share of the workers' samples (%)")
+        right.set_title("Where the time goes (py-spy)", fontsize=10)
         right.legend(fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -442,6 +547,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="directory for result.json and the raw profiles "
         "(default results/bench-middleware-<time>)",
+    )
+    parser.add_argument(
+        "--no-ablation",
+        dest="ablation",
+        action="store_false",
+        help="only full and bare (not the full app without each feature)",
     )
     parser.add_argument("--plot", type=Path, help="write a PNG chart here")
     parser.add_argument("--write-docs", action="store_true",

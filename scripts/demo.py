@@ -105,12 +105,14 @@ def locust_status(csv_prefix: Path) -> str | None:
 
 
 def slowest_logged_request(server: GunicornProcess) -> dict[str, Any] | None:
-    """The slowest access-log record that names a trace."""
+    """The slowest access-log record whose trace was sampled (exported): the default
+    sampler keeps 10% of the traces, and a trace id that was not sampled leads nowhere."""
     slowest = None
     for record in server.log_records():
         duration = record.get("duration_ms")
         if (
             record.get("trace_id")
+            and record.get("trace_sampled")
             and isinstance(duration, int | float)
             and (slowest is None or duration > slowest["duration_ms"])
         ):
@@ -204,13 +206,17 @@ def run_local(args: argparse.Namespace, out: Path) -> int:
         def slow_request() -> None:
             record = slowest_logged_request(server) if server else None
             if record is None:
-                say("\nslowest request: none logged with a trace id yet (the access log needs "
-                    "the observability feature; with --url, read your server's log)")  # fmt: skip
+                say(
+                    "\nslowest request: none with a sampled trace in the log yet (with --url, "
+                    "read your server's log: the `trace_id` of its slowest `app.access` line)"
+                )
                 return
             say(
-                f"\nslowest request so far: {record.get('method')} {record.get('path')} "
-                f"{record['duration_ms']} ms, trace_id {record['trace_id']}\n"
-                f"  its trace, with the compose stack: {JAEGER}/trace/{record['trace_id']}"
+                f"\nslowest request so far (sampled): {record.get('method')} "
+                f"{record.get('path')} {record['duration_ms']} ms, trace_id "
+                f"{record['trace_id']}\n  natively its spans go to OTEL_EXPORTER_OTLP_ENDPOINT "
+                "(no collector here); with a collector and Jaeger it is at "
+                f"{JAEGER}/trace/{record['trace_id']} (`--compose` prints that link)"
             )
 
         return watch(locust, out / "locust", args.duration, slow_request)
