@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.db import is_unavailable
+from app.telemetry.logging import REQUEST_ID
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +179,15 @@ async def _dependency_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    # Runs in Starlette's ServerErrorMiddleware, which logs the traceback itself.
-    return problem_response(HTTPStatus.INTERNAL_SERVER_ERROR, instance=request.url.path)
+    # Runs in Starlette's ServerErrorMiddleware (the traceback is logged by the server),
+    # outside TelemetryMiddleware, which leaves the request id set for it: the client
+    # gets the id to quote, as with every other answer.
+    request_id = REQUEST_ID.get()
+    return problem_response(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        instance=request.url.path,
+        headers={"X-Request-ID": request_id} if request_id else None,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -166,26 +166,15 @@ class TelemetryMiddleware:
             return
         parent = tracing.propagator.extract(carrier, _ROOT_CONTEXT) if carrier else _ROOT_CONTEXT
         method = exchange.method
-        attributes: dict[str, Any] = {
-            "http.request.method": method,
-            "url.path": scope["path"],
-            "url.scheme": scope.get("scheme", "http"),
-            "network.protocol.version": scope.get("http_version", "1.1"),
-        }
-        if method == "_OTHER":
-            attributes["http.request.method_original"] = scope["method"]
-        if client := scope.get("client"):
-            attributes["client.address"] = client[0]
-        if exchange.user_agent:
-            attributes["user_agent.original"] = exchange.user_agent
         span = tracing.tracer.start_span(
-            "HTTP" if method == "_OTHER" else method,
-            context=parent,
-            kind=trace.SpanKind.SERVER,
-            attributes=attributes,
+            "HTTP" if method == "_OTHER" else method, context=parent, kind=trace.SpanKind.SERVER
         )
         exchange.span = span
         exchange.context_token = otel_context.attach(trace.set_span_in_context(span, parent))
+        # Attributes only for spans that are kept (most are not, at the default ratio);
+        # our samplers decide on the trace id alone, so they need none up front.
+        if span.is_recording():
+            span.set_attributes(_request_attributes(scope, method, exchange.user_agent))
 
     def _active_requests(self, method: str) -> Any:
         child = self._active.get(method)
@@ -323,6 +312,22 @@ def _route_patterns(app: Any) -> list[tuple[re.Pattern[str], str, frozenset[str]
         regex, _, _ = compile_path(template)
         patterns.append((regex, template, frozenset(method.upper() for method in operations)))
     return patterns
+
+
+def _request_attributes(scope: Scope, method: str, user_agent: str | None) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": scope["path"],
+        "url.scheme": scope.get("scheme", "http"),
+        "network.protocol.version": scope.get("http_version", "1.1"),
+    }
+    if method == "_OTHER":
+        attributes["http.request.method_original"] = scope["method"]
+    if client := scope.get("client"):
+        attributes["client.address"] = client[0]
+    if user_agent:
+        attributes["user_agent.original"] = user_agent
+    return attributes
 
 
 def _end_span(
