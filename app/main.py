@@ -127,7 +127,13 @@ def build_middleware(settings: Settings, lifecycle: Lifecycle) -> list[Middlewar
     3. admission control (rate limiting) before any work is done;
     4. input limits (body size, handler timeout) closest to the routes.
     """
-    telemetry = [Middleware(TelemetryMiddleware, metrics_enabled=settings.METRICS_ENABLED)]
+    telemetry = [
+        Middleware(
+            TelemetryMiddleware,
+            metrics_enabled=settings.METRICS_ENABLED,
+            access_log_enabled=settings.ACCESS_LOG_ENABLED,
+        )
+    ]
     headers = [
         Middleware(SecurityHeadersMiddleware, hsts_max_age=settings.HSTS_MAX_AGE_SECONDS),
         Middleware(DrainingMiddleware, lifecycle=lifecycle),

@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     # --- Telemetry (docs/observability.md) -------------------------------------------
     # Prometheus metrics and GET /metrics.
     METRICS_ENABLED: bool = True
+    # One JSON line per request (logger app.access). The largest single per-request cost
+    # of the telemetry (scripts/bench_telemetry.py): off when a proxy logs requests.
+    ACCESS_LOG_ENABLED: bool = True
     # The standard OpenTelemetry switch: true turns tracing off entirely (no SDK is even
     # imported). Endpoint, sampler, batch sizes: the other OTEL_* variables, read by the
     # SDK itself.

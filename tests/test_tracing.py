@@ -438,3 +438,14 @@ def test_compose_and_kubernetes_send_spans_to_the_collectors_otlp_http_port() ->
     endpoints = [endpoint for endpoint in endpoints if endpoint]
     assert len(endpoints) >= 2, "no OTLP endpoint configured in compose.yaml or k8s/"
     assert all(endpoint.rstrip("/").endswith(":4318") for endpoint in endpoints), endpoints
+
+
+async def test_access_log_can_be_switched_off(
+    make_settings: Callable[..., Settings], context_records: list[logging.LogRecord]
+) -> None:
+    """ACCESS_LOG_ENABLED=false -> no app.access line; other lines and ids unaffected."""
+    async with app_client(make_settings(ACCESS_LOG_ENABLED=False)) as client:
+        response = await client.get("/api/v1/products")
+    assert response.status_code == 200
+    assert response.headers["x-request-id"]
+    assert not [r for r in context_records if r.name == "app.access"]

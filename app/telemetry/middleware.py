@@ -86,9 +86,12 @@ class _Exchange:
 
 
 class TelemetryMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics_enabled: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics_enabled: bool = True, access_log_enabled: bool = True
+    ) -> None:
         self.app = app
         self._metrics_enabled = metrics_enabled
+        self._access_log_enabled = access_log_enabled
         self._durations: dict[tuple[str, str, int], Any] = {}
         self._active: dict[str, Any] = {}
         self._endpoint_routes: dict[Any, str] = {}
@@ -212,8 +215,10 @@ class TelemetryMiddleware:
                 self._duration(exchange.method, route, status).observe(duration)
             if exchange.span is not None:
                 _end_span(exchange.span, exchange.method, route, status, exchange.error)
-            if access_log.isEnabledFor(logging.INFO) and (
-                status >= 400 or scope["path"] not in EXCLUDED_PATHS
+            if (
+                self._access_log_enabled
+                and access_log.isEnabledFor(logging.INFO)
+                and (status >= 400 or scope["path"] not in EXCLUDED_PATHS)
             ):
                 self._log_access(scope, exchange, route, status, duration)
         except Exception as exc:
@@ -281,24 +286,30 @@ class TelemetryMiddleware:
                 span_id = format(span_context.span_id, "016x")
                 sampled = span_context.trace_flags.sampled
         client = scope.get("client")
-        access_log.info(
+        # A record built directly and handed to the logger: Logger.info() would also
+        # walk the stack for a caller we never print (a fifth of this line's cost).
+        record = logging.LogRecord(
+            access_log.name,
+            logging.INFO,
+            __file__,
+            0,
             "%s %s %d",
-            scope["method"],
-            scope["path"],
-            status,
-            extra={
-                "method": scope["method"],
-                "route": route,
-                "path": scope["path"],
-                "status": status,
-                "duration_ms": round(duration * 1000, 3),
-                "client": client[0] if client else None,
-                "request_id": exchange.request_id,
-                "trace_id": trace_id,
-                "span_id": span_id,
-                "trace_sampled": sampled,
-            },
+            (scope["method"], scope["path"], status),
+            None,
         )
+        record.__dict__.update(
+            method=scope["method"],
+            route=route,
+            path=scope["path"],
+            status=status,
+            duration_ms=round(duration * 1000, 3),
+            client=client[0] if client else None,
+            request_id=exchange.request_id,
+            trace_id=trace_id,
+            span_id=span_id,
+            trace_sampled=sampled,
+        )
+        access_log.handle(record)
 
 
 def _route_patterns(app: Any) -> list[tuple[re.Pattern[str], str, frozenset[str]]]:
