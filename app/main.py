@@ -36,7 +36,7 @@ from app.telemetry.exposition import router as metrics_router
 from app.telemetry.metrics import APP_INFO
 from app.telemetry.middleware import TelemetryMiddleware
 from app.telemetry.multiprocess import is_multiprocess
-from app.telemetry.tracing import Tracing, start_tracing
+from app.telemetry.tracing import FLUSH_SHARE_OF_LIFESPAN_SHUTDOWN, Tracing, start_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +95,13 @@ def make_lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
             # Per worker, after the fork; shut down last, so the spans of everything
-            # closed before it are sent too (bounded: tracing.SHUTDOWN_TIMEOUT_SECONDS).
+            # closed before it are sent too, within its share of the shutdown budget.
             tracing = start_tracing(settings)
             if tracing is not None:
-                stack.push_async_callback(tracing.shutdown)
+                flush_within = (
+                    settings.SHUTDOWN_LIFESPAN_TIMEOUT_SECONDS * FLUSH_SHARE_OF_LIFESPAN_SHUTDOWN
+                )
+                stack.push_async_callback(tracing.shutdown, flush_within)
             resources = await open_resources(settings, stack, tracing)
             await report_dependencies(resources)
             if settings.METRICS_ENABLED and not is_multiprocess():

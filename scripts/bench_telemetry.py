@@ -90,7 +90,7 @@ def build_app(variant: Variant) -> FastAPI:
             tracing = start_tracing(Settings())
         yield {"tracing": tracing}
         if tracing is not None:
-            await tracing.shutdown()
+            await tracing.shutdown(within=1.0)
 
     middleware = [Middleware(TelemetryMiddleware)] if variant.middleware else []
     app = FastAPI(

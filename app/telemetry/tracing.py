@@ -60,8 +60,9 @@ from app.telemetry.metrics import DEPENDENCY_ERRORS
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE_RATIO = 0.1
-# Part of the lifespan shutdown budget (3 s): how long the last spans may take to leave.
-SHUTDOWN_TIMEOUT_SECONDS = 2.0
+# The share of the lifespan shutdown budget (SHUTDOWN_LIFESPAN_TIMEOUT_SECONDS, 3 s by
+# default) the last spans may take to leave; closing the pool and Redis gets the rest.
+FLUSH_SHARE_OF_LIFESPAN_SHUTDOWN = 2 / 3
 # Probes and scrapes: frequent, uninteresting, and they would crowd out real traces.
 EXCLUDED_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
@@ -91,13 +92,13 @@ class Tracing:
         """Redis spans for commands sent through `redis` (arguments are masked)."""
         RedisInstrumentor.instrument_client(redis, tracer_provider=self.provider)
 
-    async def shutdown(self) -> bool:
+    async def shutdown(self, within: float) -> bool:
         """Send the spans still queued, then stop; False if that took longer than
-        SHUTDOWN_TIMEOUT_SECONDS.
+        `within` seconds.
 
         The lifespan calls this last: atexit handlers do not run when the Uvicorn worker
         re-raises SIGTERM, so spans queued at shutdown would otherwise be lost. The SDK
-        waits up to 30 s for an unreachable collector; we wait our budget for a daemon
+        waits up to 30 s for an unreachable collector; we wait `within` for a daemon
         thread doing it, then let the process go.
         """
         if self.exporter is not None and not self.exporter.reachable:
@@ -116,13 +117,10 @@ class Tracing:
 
         threading.Thread(target=shut_down, name="otel-shutdown", daemon=True).start()
         try:
-            async with asyncio.timeout(SHUTDOWN_TIMEOUT_SECONDS):
+            async with asyncio.timeout(within):
                 await done.wait()
         except TimeoutError:
-            logger.warning(
-                "spans not exported within %.1fs of shutdown were dropped",
-                SHUTDOWN_TIMEOUT_SECONDS,
-            )
+            logger.warning("spans not exported within %.1fs of shutdown were dropped", within)
             return False
         return True
 
