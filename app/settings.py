@@ -150,9 +150,9 @@ class Settings(BaseSettings):
     # One JSON line per request (logger app.access). The largest single per-request cost
     # of the telemetry (scripts/bench_telemetry.py): off when a proxy logs requests.
     ACCESS_LOG_ENABLED: bool = True
-    # The standard OpenTelemetry switch: true turns tracing off entirely (no SDK is even
-    # imported). Endpoint, sampler, batch sizes: the other OTEL_* variables, read by the
-    # SDK itself.
+    # The standard OpenTelemetry switch: true turns tracing off entirely (no provider,
+    # no export thread, no instrumentation, nothing per request). Endpoint, sampler,
+    # batch sizes: the other OTEL_* variables, read by the SDK itself.
     OTEL_SDK_DISABLED: bool = False
 
     @field_validator("DATABASE_URL")
