@@ -4,7 +4,7 @@
 # virtualenv, `runtime` copies only that venv and the app. No compiler, package manager
 # cache or test file reaches the runtime image; every dependency is installed from a
 # wheel (--only-binary), so a build never needs one. docs/deployment.md explains each
-# choice and the expected size (~210 MB on python:3.12-slim).
+# choice and the expected size (~235 MB on disk, ~80 MB to pull, on python:3.12-slim).
 #
 # The base is a build argument so that CI can smoke-build this exact file offline
 # against a local stand-in base (scripts/podman_smoke.py); any image with python3 and

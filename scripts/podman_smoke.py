@@ -13,7 +13,8 @@ no-new-privileges) against the host's Postgres and Redis, and checks:
 2. its content: no compiler, no pip, no tests or .git (.dockerignore);
 3. `alembic upgrade head` and `python -m app.seed` run from the image (throwaway database);
 4. Gunicorn starts, every process runs as uid 10001, /health, /ready and a cached
-   product read answer (MISS then HIT: Redis works from inside);
+   product read answer (MISS then HIT: Redis works from inside), and /metrics counts
+   them (the multiprocess directory works on the tmpfs);
 5. the HEALTHCHECK command succeeds, and fails against a port nobody listens on;
 6. SIGTERM stops it gracefully: exit code 0, well before the kill deadline.
 
@@ -413,7 +414,23 @@ class Smoke:
 
         self.check("Gunicorn starts and becomes ready", starts)
         self.check("every process runs as the non-root uid", uids)
+
+        def metrics() -> str:
+            response = httpx.get(f"{base_url}/metrics", timeout=5)
+            if response.status_code != 200:
+                raise CheckFailed(f"/metrics → {response.status_code} {response.text[:200]}")
+            counted = [
+                line
+                for line in response.text.splitlines()
+                if line.startswith("http_server_request_duration_seconds_count")
+                and "/api/v1/products/{product_id}" in line
+            ]
+            if not counted:
+                raise CheckFailed("/metrics has no request count for the product route")
+            return f"/metrics from the tmpfs multiprocess dir: {counted[0]}"
+
         self.check("API answers under the compose hardening", serves)
+        self.check("metrics aggregate the workers from the read-only image", metrics)
         return container
 
     def check_healthcheck(self, container: str) -> None:
