@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from app.settings import Settings
 from scripts.stack import REPO_ROOT
 from tests.deploy_tools import compose_cli, require, run_tool
 
@@ -227,20 +228,6 @@ def test_workers_match_the_cpu_limit() -> None:
     assert int(default) == math.ceil(cpus)
 
 
-def test_shutdown_budget_fits_the_stop_grace_period() -> None:
-    """delay + drain + lifespan (<= 3 s) < graceful_timeout < stop_grace_period: Docker's
-    SIGKILL never lands while Gunicorn is still draining (docs/shutdown.md)."""
-    api = services()["api"]
-    env = api["environment"]
-    delay = int(env["SHUTDOWN_DELAY_SECONDS"])
-    drain = int(env["SHUTDOWN_DRAIN_TIMEOUT_SECONDS"])
-    graceful = int(env["GUNICORN_GRACEFUL_TIMEOUT"])
-    grace = _seconds(api["stop_grace_period"])
-    assert (delay, drain, graceful, grace) == (5, 20, 30, 40)
-    assert delay + drain + 3 < graceful < grace
-    assert api.get("stop_signal", "SIGTERM") == "SIGTERM"
-
-
 def test_api_waits_for_its_dependencies_and_the_seed() -> None:
     depends = _depends_on(services()["api"])
     assert depends["postgres"] == "service_healthy"
@@ -279,3 +266,13 @@ def test_locust_loads_the_api_and_is_scraped() -> None:
     prometheus = yaml.safe_load((REPO_ROOT / "observability/prometheus/prometheus.yml").read_text())
     (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "locust"]
     assert f"--prometheus-port={job['dns_sd_configs'][0]['port']}" in locust["command"]
+
+
+def test_every_variable_given_to_the_app_is_a_setting() -> None:
+    """Field name = variable name (app/settings.py): a misspelt variable would be
+    ignored silently (`extra="ignore"`), so each one compose sets for the app must be a
+    setting, or read by the OpenTelemetry SDK (OTEL_*) or prometheus_client."""
+    known = set(Settings.model_fields) | {"PROMETHEUS_MULTIPROC_DIR"}
+    for name in ("api", "migrate", "seed"):
+        for variable in services()[name]["environment"]:
+            assert variable in known or variable.startswith("OTEL_"), f"{name}: {variable}"

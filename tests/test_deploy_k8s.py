@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from app.settings import Settings
 from scripts.stack import REPO_ROOT
 from tests.deploy_tools import load_yaml_documents, require, run_tool
 
@@ -178,26 +179,6 @@ def test_prometheus_multiprocess_dir_is_a_writable_memory_volume() -> None:
     assert volume["emptyDir"]["medium"] == "Memory"
 
 
-def test_shutdown_budget_fits_the_grace_period() -> None:
-    """preStop sleep + Gunicorn's graceful_timeout < terminationGracePeriodSeconds, and
-    delay + drain + lifespan (<= 3 s) < graceful_timeout (docs/shutdown.md)."""
-    pod = resource("Deployment", "parity-api")["spec"]["template"]["spec"]
-    config = config_values()
-    pre_stop = api_container()["lifecycle"]["preStop"]["sleep"]["seconds"]
-    graceful = int(config["GUNICORN_GRACEFUL_TIMEOUT"])
-    delay = int(config["SHUTDOWN_DELAY_SECONDS"])
-    drain = int(config["SHUTDOWN_DRAIN_TIMEOUT_SECONDS"])
-    assert (pre_stop, delay, drain, graceful, pod["terminationGracePeriodSeconds"]) == (
-        5,
-        5,
-        20,
-        30,
-        45,
-    )
-    assert delay + drain + 3 < graceful
-    assert pre_stop + graceful < pod["terminationGracePeriodSeconds"]
-
-
 def test_rollouts_and_disruptions_keep_capacity() -> None:
     deployment = resource("Deployment", "parity-api")
     assert "replicas" not in deployment["spec"]  # the HPA owns it
@@ -216,3 +197,14 @@ def test_migration_job_runs_alembic_from_the_same_image() -> None:
     assert container["command"] == ["alembic", "upgrade", "head"]
     assert container["image"] == api_container()["image"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_every_variable_given_to_the_app_is_a_setting() -> None:
+    """Field name = variable name (app/settings.py): a misspelt variable would be
+    ignored silently, so each one the base sets must be a setting, or read by the
+    OpenTelemetry SDK (OTEL_*) or prometheus_client."""
+    known = set(Settings.model_fields) | {"PROMETHEUS_MULTIPROC_DIR"}
+    containers = [c for pod in pod_templates().values() for c in pod["containers"]]
+    variables = set(config_values()) | {e["name"] for c in containers for e in c.get("env", [])}
+    unknown = {v for v in variables if v not in known and not v.startswith("OTEL_")}
+    assert not unknown

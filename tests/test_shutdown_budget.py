@@ -276,3 +276,22 @@ def test_compose_defaults_are_what_runs_unexported() -> None:
     assert as_environment([{"name": "SHUTDOWN_DELAY_SECONDS", "value": "5"}]) == {
         "SHUTDOWN_DELAY_SECONDS": "5"
     }
+
+
+# The numbers compose and Kubernetes use (the brief's contract, docs/shutdown.md): the
+# inequality above keeps them safe, this keeps them what the docs say.
+DEPLOYED = {"delay": 5.0, "drain": 20.0, "lifespan": 3.0, "graceful_timeout": 30.0}
+
+
+@pytest.mark.parametrize(
+    ("prefix", "outer_grace", "pre_stop_sleep"),
+    [("compose.yaml: api", 40.0, 0.0), ("k8s/deployment.yaml: parity-api", 45.0, 5.0)],
+)
+def test_compose_and_k8s_use_the_documented_numbers(
+    prefix: str, outer_grace: float, pre_stop_sleep: float
+) -> None:
+    """compose: SHUTDOWN_DELAY_SECONDS 5, drain 20, graceful 30, stop_grace_period 40 s.
+    k8s: the same, plus preStop sleep 5 and terminationGracePeriodSeconds 45."""
+    (budget,) = [b for b in BUDGETS if b.source == prefix]
+    assert {key: getattr(budget, key) for key in DEPLOYED} == DEPLOYED
+    assert (budget.outer_grace, budget.pre_stop_sleep) == (outer_grace, pre_stop_sleep)
