@@ -25,6 +25,7 @@ pytestmark = pytest.mark.gunicorn
 Start = Callable[..., GunicornProcess]
 PRODUCT_ROUTE = "/api/v1/products/{product_id}"
 DURATION_COUNT = "http_server_request_duration_seconds_count"
+READS = 200  # N of the exact-N test
 
 
 def scrape(server: GunicornProcess) -> list[Sample]:
@@ -84,22 +85,22 @@ def seeded(native_stack: NativeStack) -> NativeStack:
 def test_request_count_is_exact_across_workers_scrapes_and_a_worker_exit(
     gunicorn: Start, seeded: NativeStack
 ) -> None:
-    """1. 300 product reads over fresh connections -> the access log shows both workers
-    served some  2. /metrics scraped six times -> the route's count is exactly 300 every
+    """1. 200 product reads over fresh connections -> the access log shows both workers
+    served some  2. /metrics scraped six times -> the route's count is exactly 200 every
     time (whichever worker answers), labelled with the template  3. TTOU: the master
-    stops one worker -> still exactly 300; the dead worker's in-flight and pool gauges
-    are gone, the exit is counted  4. TTIN: a new worker -> still 300, 3 starts."""
+    stops one worker -> still exactly 200; the dead worker's in-flight and pool gauges
+    are gone, the exit is counted  4. TTIN: a new worker -> still 200, 3 starts."""
     server = gunicorn(workers=2)
-    statuses = read_products(server, 300)
-    assert statuses.count(200) == 300, Counter(statuses)
+    statuses = read_products(server, READS)
+    assert statuses.count(200) == READS, Counter(statuses)
     served = pids_that_served(server, PRODUCT_ROUTE)
     assert len(served) == 2, f"one worker served everything: {served}"
 
     for _ in range(6):
         samples = scrape(server)
-        assert sample_sum(samples, DURATION_COUNT, http_route=PRODUCT_ROUTE) == 300
+        assert sample_sum(samples, DURATION_COUNT, http_route=PRODUCT_ROUTE) == READS
         bucket = "http_server_request_duration_seconds_bucket"
-        assert sample_sum(samples, bucket, http_route=PRODUCT_ROUTE, le="+Inf") == 300
+        assert sample_sum(samples, bucket, http_route=PRODUCT_ROUTE, le="+Inf") == READS
         assert sample_sum(samples, "http_server_active_requests") <= 1  # the scrape itself
     samples = scrape(server)
     assert sample_sum(samples, "gunicorn_workers_started_total") == 2
@@ -111,7 +112,7 @@ def test_request_count_is_exact_across_workers_scrapes_and_a_worker_exit(
     wait_for(lambda: len(server.worker_pids()) == 1)
     wait_for(lambda: sample_sum(scrape(server), "gunicorn_workers_exited_total") == 1)
     samples = scrape(server)
-    assert sample_sum(samples, DURATION_COUNT, http_route=PRODUCT_ROUTE) == 300
+    assert sample_sum(samples, DURATION_COUNT, http_route=PRODUCT_ROUTE) == READS
     assert sample_sum(samples, "db_client_connection_max") == 10, "dead worker's pool summed"
     assert sample_sum(samples, "http_server_active_requests") <= 1
 
@@ -119,28 +120,28 @@ def test_request_count_is_exact_across_workers_scrapes_and_a_worker_exit(
     server.send_signal(signal.SIGTTIN)
     wait_for(lambda: len(server.worker_pids()) == 2)
     wait_for(lambda: sample_sum(scrape(server), "gunicorn_workers_started_total") == 3)
-    assert product_reads(server) == 300
+    assert product_reads(server) == READS
 
 
 def test_worker_recycling_by_max_requests_loses_no_counts(
     gunicorn: Start, seeded: NativeStack
 ) -> None:
-    """GUNICORN_MAX_REQUESTS=40 (+ up to 20 jitter): each worker is replaced after 40-60
-    requests. 1. 240 product reads -> several recycles  2. scrape -> the route's count
+    """GUNICORN_MAX_REQUESTS=30 (+ up to 15 jitter): each worker is replaced after 30-45
+    requests. 1. 150 product reads -> several recycles  2. scrape -> the route's count
     equals the number of reads answered 200, although most workers that served them are
     dead. (A fresh connection accepted by a worker just as it stops is closed unanswered
     and never reaches the app: neither answered nor counted.)"""
     server = gunicorn(
-        workers=2, env={"GUNICORN_MAX_REQUESTS": "40", "GUNICORN_MAX_REQUESTS_JITTER": "20"}
+        workers=2, env={"GUNICORN_MAX_REQUESTS": "30", "GUNICORN_MAX_REQUESTS_JITTER": "15"}
     )
-    statuses = read_products(server, 240, concurrency=4)
+    statuses = read_products(server, 150, concurrency=4)
     answered = statuses.count(200)
-    assert answered >= 230, Counter(statuses)
+    assert answered >= 140, Counter(statuses)
     wait_for(lambda: len(server.worker_pids()) == 2)
     samples = scrape(server)
-    assert sample_sum(samples, "gunicorn_workers_started_total") >= 5
+    assert sample_sum(samples, "gunicorn_workers_started_total") >= 4
     assert sample_sum(samples, DURATION_COUNT, http_route=PRODUCT_ROUTE) == answered
-    assert len(pids_that_served(server, PRODUCT_ROUTE)) >= 4
+    assert len(pids_that_served(server, PRODUCT_ROUTE)) >= 3
 
 
 def test_each_master_empties_locks_and_cleans_its_own_directory(
