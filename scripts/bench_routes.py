@@ -51,7 +51,7 @@ from redis import Redis
 from sqlalchemy.engine import make_url
 
 from app.catalog.schemas import encode_cursor
-from scripts.bench_middleware import positive_int
+from scripts.bench_middleware import OtlpSink, positive_int
 from scripts.bench_rate_limit import machine, wrk
 from scripts.benchdocs import replace_section
 from scripts.stack import (
@@ -197,8 +197,13 @@ def target(args: argparse.Namespace) -> Iterator[Target]:
     name = f"parity_bench_routes_{uuid.uuid4().hex[:8]}"
     base = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
     url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    stack = NativeStack(database_url=url, env={"REDIS_KEY_PREFIX": prefix,
-                                               "GUNICORN_MAX_REQUESTS": "0"})  # fmt: skip
+    sink = OtlpSink()  # sampled spans go to a (stand-in) collector, as in production
+    env = {
+        "REDIS_KEY_PREFIX": prefix,
+        "GUNICORN_MAX_REQUESTS": "0",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url,
+    }
+    stack = NativeStack(database_url=url, env=env)
     progress(f"preparing {name}: migrate, seed {args.products} products")
     stack.prepare(products=args.products)
     try:
@@ -206,6 +211,7 @@ def target(args: argparse.Namespace) -> Iterator[Target]:
         with stack.start_gunicorn(workers=args.workers) as running:
             yield Target(running.base_url, redis_url, prefix)
     finally:
+        sink.close()
         drop_database(url)
         redis = Redis.from_url(redis_url)
         try:
@@ -294,8 +300,14 @@ def summarise(samples: list[Sample]) -> dict[str, Any]:
                 "miss_share": median([s.miss_share for s in picked]),
             }
         routes[route] = entry
-    errors = sum(s.non_2xx + s.socket_errors for s in samples)
-    return {"routes": routes, "errors": errors}
+    non_2xx = sum(s.non_2xx for s in samples)
+    socket_errors = sum(s.socket_errors for s in samples)
+    return {
+        "routes": routes,
+        "errors": non_2xx + socket_errors,
+        "non_2xx": non_2xx,
+        "socket_errors": socket_errors,
+    }
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
@@ -318,8 +330,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"{st['workers']} Gunicorn workers, every production feature at its defaults; "
         f"{st['products']:,} products. Medians of {st['rounds']} rounds × "
         f"{st['duration_seconds']} s per route and load (wrk: {st['loads']['saturated']} "
-        f"and {st['loads']['light']}, on the same machine). Errors (non-2xx or socket): "
-        f"{s['errors']}.",
+        f"and {st['loads']['light']}, on the same machine). Errors: {s['non_2xx']} non-2xx "
+        f"answers and {s['socket_errors']} socket errors (wrk counts a request with no "
+        "answer within 2 s as a timeout).",
         "",
         f"Machine: {m['cpus']} × {m['cpu_model']}, {m['os']}, Python {m['python']}, "
         f"Redis {m['redis']} and Postgres on loopback, load average at the end "

@@ -401,8 +401,12 @@ class Sweep:
     def measure(self, workers: int) -> Point:
         duration = self.args.duration
 
+        next_report = [10.0]
+
         def progress(samples: Samples) -> None:
-            if samples.elapsed >= 1 and int(samples.elapsed) % 10 == 0:
+            """A line every 10 s (samples come about every second, not on the dot)."""
+            if samples.elapsed >= next_report[0]:
+                next_report[0] += 10
                 log(
                     f"  measuring {samples.elapsed:.0f}/{duration:g}s, "
                     f"server CPU so far {samples.cpu_percent:.0f}%"
@@ -624,9 +628,11 @@ def machine_description() -> str:
     except OSError:
         pass
     memory = psutil.virtual_memory().total / 1024**3
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return (
         f"{available_cpus()} CPUs available ({model}), {memory:.0f} GiB RAM, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}; "
+        f"load average at the end {load} (1, 5, 15 min: includes other work on the machine)"
     )
 
 
