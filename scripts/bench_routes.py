@@ -163,8 +163,12 @@ def lua_script(route: str, directory: Path, products: int, round_: int, load: st
     return path
 
 
-def run_wrk(base_url: str, load: str, seconds: int, script: Path) -> dict[str, Any]:
+def run_wrk(
+    base_url: str, load: str, seconds: int, script: Path, saturated_connections: int = 64
+) -> dict[str, Any]:
     threads, connections = LOADS[load]
+    if load == "saturated":
+        connections = saturated_connections
     return wrk(base_url, connections=connections, threads=threads, seconds=seconds, script=script)
 
 
@@ -252,7 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if route == "cached read":
                         warm_hot_products(running.base_url)
                     script = lua_script(route, directory, args.products, round_, load)
-                    raw = run_wrk(running.base_url, load, args.duration, script)
+                    raw = run_wrk(running.base_url, load, args.duration, script, args.connections)
                     sample = Sample(
                         route,
                         load,
@@ -276,7 +280,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "duration_seconds": args.duration,
             "workers": args.workers,
             "products": args.products,
-            "loads": {name: f"wrk -t{t} -c{c}" for name, (t, c) in LOADS.items()},
+            "loads": {
+                "saturated": f"wrk -t{LOADS['saturated'][0]} -c{args.connections}",
+                "light": f"wrk -t{LOADS['light'][0]} -c{LOADS['light'][1]}",
+            },
+            "connections": args.connections,
         },
         "machine": machine(),
         "summary": summarise(samples),
@@ -313,7 +321,8 @@ def summarise(samples: list[Sample]) -> dict[str, Any]:
 def markdown(result: dict[str, Any], command: str) -> str:
     s, m, st = result["summary"], result["machine"], result["settings"]
     lines = [
-        "| route | req/s, 64 connections | p50 / p99 there | p50 / p99, 4 connections "
+        f"| route | req/s, {st['connections']} connections | p50 / p99 there "
+        "| p50 / p99, 4 connections "
         "| X-Cache MISS |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -358,6 +367,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=50_000,
         help="products seeded (the uncached reads walk them; default 50000)",
     )
+    parser.add_argument("--connections", type=positive_int, default=64,
+                        help="wrk connections of the saturated load (default 64)")  # fmt: skip
     parser.add_argument("--url", help="measure an API already running here (seeded with "
                         "--products products) instead of starting one")  # fmt: skip
     parser.add_argument("--redis-prefix", help="--url: its REDIS_KEY_PREFIX, to empty the "
