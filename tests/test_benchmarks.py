@@ -37,7 +37,8 @@ def test_middleware_tax_benchmark_measures_both_apps(tmp_path: Path) -> None:
     checked every request and refused none), and a valid PNG."""
     process = run_script(
         "scripts/bench_middleware.py", "--rounds", "1", "--duration", "1", "--profile", "0",
-        "--no-ablation", "--connections", "8", "--out", str(tmp_path), "--plot", str(tmp_path / "tax.png"), "--json",
+        "--no-ablation", "--connections", "8", "--out", str(tmp_path),
+        "--plot", str(tmp_path / "tax.png"), "--json",
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]
     result = json.loads(process.stdout)
