@@ -58,6 +58,7 @@ from redis import Redis
 from scripts.bench_apps import TRIVIAL_PATH
 from scripts.bench_rate_limit import WRK_REPORT, machine, wrk
 from scripts.benchdocs import replace_section
+from scripts.cli import positive_int
 from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, StackError, start_gunicorn
 
 FULL, BARE = "scripts.bench_apps:full", "scripts.bench_apps:bare"
@@ -511,16 +512,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

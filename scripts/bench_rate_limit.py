@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # run as `python scripts/bench_rate_limit.py`
 
 from redis import Redis
 
+from scripts.cli import positive_int
 from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, StackError
 
 PATHS = ("/health", "/api/v1/products/1")
@@ -345,24 +346,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--rounds", type=_positive, default=5, help="rounds (5)")
-    parser.add_argument("--duration", type=_positive, default=5, help="seconds per measure (5)")
-    parser.add_argument("--workers", type=_positive, default=2, help="workers per server (2)")
-    parser.add_argument("--connections", type=_positive, default=64, help="for throughput (64)")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="rounds (5)")
+    parser.add_argument("--duration", type=positive_int, default=5, help="seconds per measure (5)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="workers per server (2)")
+    parser.add_argument("--connections", type=positive_int, default=64, help="for throughput (64)")
     parser.add_argument("--plot", type=Path, help="write a PNG chart here")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser.parse_args(argv)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,9 +51,10 @@ from redis import Redis
 from sqlalchemy.engine import make_url
 
 from app.catalog.schemas import encode_cursor
-from scripts.bench_middleware import OtlpSink, positive_int
+from scripts.bench_middleware import OtlpSink
 from scripts.bench_rate_limit import machine, wrk
 from scripts.benchdocs import replace_section
+from scripts.cli import positive_int
 from scripts.stack import (
     DEFAULT_DATABASE_URL,
     REPO_ROOT,

@@ -45,6 +45,7 @@ from sqlalchemy.engine import make_url
 
 from app.settings import Settings
 from app.worker import available_cpus
+from scripts.cli import bounded
 from scripts.loadgen import LoadgenError, LocustResult, run_locust
 from scripts.stack import (
     DEFAULT_DATABASE_URL,
@@ -654,21 +655,6 @@ def worker_counts(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"{part.strip()!r} must lie within 1..256")
         counts.update(range(first, last + 1))
     return sorted(counts)
-
-
-def bounded(kind: type, low: float, high: float) -> Callable[[str], Any]:
-    """An argparse type: a number within [low, high], or a message naming the value."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be between {low:g} and {high:g}")
-        return value
-
-    return parse
 
 
 def key_value(text: str) -> tuple[str, str]:

@@ -42,6 +42,7 @@ if __package__ in (None, ""):  # run as `python scripts/verify_rate_limit.py`
 import httpx
 from redis import Redis
 
+from scripts.cli import positive_int
 from scripts.stack import ComposeStack, GunicornProcess, NativeStack, StackError
 
 DEFAULT_PATH = "/api/v1/products?limit=1"
@@ -521,32 +522,22 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     target.add_argument("--compose", action="store_true", help="the `docker compose up` stack")
     target.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--path", default=DEFAULT_PATH, help=f"route to drive ({DEFAULT_PATH})")
-    parser.add_argument("--identities", type=_positive, default=4, help="API-key clients (4)")
+    parser.add_argument("--identities", type=positive_int, default=4, help="API-key clients (4)")
     parser.add_argument(
-        "--requests", type=_positive, help="requests per client (default: 3 x the quota)"
+        "--requests", type=positive_int, help="requests per client (default: 3 x the quota)"
     )
     parser.add_argument(
-        "--connections", type=_positive, default=16, help="connections per client group (16)"
+        "--connections", type=positive_int, default=16, help="connections per client group (16)"
     )
     native = parser.add_argument_group("--native only")
-    native.add_argument("--workers", type=_positive, default=4, help="Gunicorn workers (4)")
-    native.add_argument("--quota", type=_positive, default=20, help="policy quota (20)")
-    native.add_argument("--window", type=_positive, default=60, help="policy window, s (60)")
+    native.add_argument("--workers", type=positive_int, default=4, help="Gunicorn workers (4)")
+    native.add_argument("--quota", type=positive_int, default=20, help="policy quota (20)")
+    native.add_argument("--window", type=positive_int, default=60, help="policy window, s (60)")
     native.add_argument(
         "--database-url", help="Postgres to prepare and use (default: DATABASE_URL or local)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser.parse_args(argv)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 @contextmanager
