@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.autopipeline import AutoPipeline
 from app.breaker import CircuitBreaker
 from app.cache import VersionedCache
 from app.db import is_unavailable
@@ -31,6 +32,8 @@ class Resources:
     product_cache: VersionedCache
     # One per worker, shared by everything that calls Redis on a request's path.
     redis_breaker: CircuitBreaker
+    # `redis` with implicit pipelining, for the rate limiter's per-request command.
+    redis_pipeline: AutoPipeline
 
 
 def get_resources(request: Request) -> Resources:

@@ -19,6 +19,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from starlette.middleware import Middleware
 
 from app import __version__, cache, db, demo
+from app.autopipeline import AutoPipeline
 from app.breaker import CircuitBreaker
 from app.cache import VersionedCache, create_redis
 from app.catalog.routes import router as catalog_router
@@ -68,7 +69,8 @@ async def open_resources(
         breaker=breaker,
     )
     sessionmaker = db.create_sessionmaker(engine)
-    return Resources(settings, engine, sessionmaker, redis, product_cache, breaker)
+    pipeline = AutoPipeline(redis)
+    return Resources(settings, engine, sessionmaker, redis, product_cache, breaker, pipeline)
 
 
 async def report_dependencies(resources: Resources) -> None:
