@@ -28,7 +28,7 @@ def logging_config(settings: Settings) -> dict[str, Any]:
     formatter: dict[str, Any]
     if settings.LOG_JSON:
         formatter = {
-            "()": "pythonjsonlogger.json.JsonFormatter",
+            "()": "pythonjsonlogger.orjson.OrjsonFormatter",
             "fmt": ["levelname", "name", "message", "process"],
             "rename_fields": {"levelname": "level", "name": "logger", "process": "pid"},
             "timestamp": "time",
