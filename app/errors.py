@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.db import is_unavailable
+from app.security import SECURITY_HEADERS
 from app.telemetry.logging import REQUEST_ID
 
 logger = logging.getLogger(__name__)
@@ -182,11 +183,15 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Runs in Starlette's ServerErrorMiddleware (the traceback is logged by the server),
     # outside TelemetryMiddleware, which leaves the request id set for it: the client
     # gets the id to quote, as with every other answer.
+    # SecurityHeadersMiddleware is inside ServerErrorMiddleware too, so this answer gets
+    # the headers here (not HSTS: that needs the settings and the scheme, and a 500 is
+    # no reason to pin a host).
+    headers = {**dict(SECURITY_HEADERS), "Cache-Control": "no-store"}
     request_id = REQUEST_ID.get()
+    if request_id:
+        headers["X-Request-ID"] = request_id
     return problem_response(
-        HTTPStatus.INTERNAL_SERVER_ERROR,
-        instance=request.url.path,
-        headers={"X-Request-ID": request_id} if request_id else None,
+        HTTPStatus.INTERNAL_SERVER_ERROR, instance=request.url.path, headers=headers
     )
 
 

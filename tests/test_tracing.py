@@ -398,6 +398,8 @@ async def test_an_unhandled_error_is_a_500_that_still_carries_the_request_id(
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["x-request-id"] == "boom-1"
+    assert response.headers["x-content-type-options"] == "nosniff"  # as on every answer
+    assert response.headers["cache-control"] == "no-store"
     [traceback] = [r for r in context_records if r.getMessage() == "Exception in ASGI application"]
     assert traceback.request_id == "boom-1"  # type: ignore[attr-defined]
     assert re.fullmatch(r"[0-9a-f]{32}", traceback.trace_id)  # type: ignore[attr-defined]
