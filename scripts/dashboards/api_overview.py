@@ -4,28 +4,27 @@ traces behind it."""
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.models.dashboard import DashboardCursorSync
+from grafana_foundation_sdk.builders.dashboard import Dashboard
 
 from scripts.dashboards.common import (
     API,
     HTTP,
     ROUTE_TAGS,
     big_number,
+    dashboard_link,
     graph,
-    instance_variable,
-    jaeger_url_variable,
     latency_heatmap,
     note,
+    parity_dashboard,
     per_second,
     prom,
     quantile,
     ratio_or_zero,
-    service_variable,
     slow_traces_table,
     slow_variable,
     thresholds,
     trace_links,
+    with_rows,
 )
 
 UID = "parity-api-overview"
@@ -208,26 +207,18 @@ def capacity_row() -> list[object]:
     ]
 
 
-def build() -> dash.Dashboard:
+def build() -> Dashboard:
     board = (
-        dash.Dashboard("API overview")
-        .uid(UID)
-        .description("RED metrics of the parity API per route, with links to traces.")
-        .tags(["parity", "api"])
-        .refresh("10s")
-        .time("now-30m", "now")
-        .tooltip(DashboardCursorSync.CROSSHAIR)
-        .with_variable(instance_variable())
-        .with_variable(service_variable())
-        .with_variable(jaeger_url_variable())
-        .with_variable(slow_variable())
-        .link(
-            dash.DashboardLink("Dependencies")
-            .type("dashboards")
-            .tags(["dependencies"])
-            .include_vars(True)
-            .keep_time(True)
+        parity_dashboard(
+            "API overview",
+            uid=UID,
+            description="RED metrics of the parity API per route, with links to traces.",
+            tag="api",
+            refresh="10s",
+            since="now-30m",
         )
+        .with_variable(slow_variable())
+        .link(dashboard_link("Dependencies", "dependencies"))
         .with_panel(note("How to read this dashboard", HOW_TO, height=4))
     )
     rows = (
@@ -246,8 +237,4 @@ def build() -> dash.Dashboard:
             ],
         ),
     )
-    for title, panels in rows:
-        board = board.with_row(dash.Row(title))
-        for panel in panels:
-            board = board.with_panel(panel)
-    return board
+    return with_rows(board, rows)

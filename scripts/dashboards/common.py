@@ -9,6 +9,7 @@ datasource, which Grafana builds from a query object instead of a URL).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from grafana_foundation_sdk.builders import dashboard as dash
@@ -24,6 +25,7 @@ from grafana_foundation_sdk.models.common import (
     VisibilityMode,
 )
 from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
     DataSourceRef,
     Threshold,
     ThresholdsMode,
@@ -44,6 +46,43 @@ HTTP = f"{API}, {NOT_PROBES}"
 # Defaults of the dashboard variables that feed the links to traces.
 DEFAULT_SERVICE = "parity-api"
 DEFAULT_JAEGER_URL = "http://localhost:16686"
+
+
+# --- Dashboards ------------------------------------------------------------------------
+
+
+def parity_dashboard(
+    title: str, *, uid: str, description: str, tag: str, refresh: str, since: str
+) -> dash.Dashboard:
+    """What every dashboard of ours shares: tags, crosshair, the variables that filter
+    instances and feed the links to traces."""
+    return (
+        dash.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["parity", tag])
+        .refresh(refresh)
+        .time(since, "now")
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .with_variable(instance_variable())
+        .with_variable(service_variable())
+        .with_variable(jaeger_url_variable())
+    )
+
+
+def dashboard_link(title: str, tag: str) -> dash.DashboardLink:
+    """A link to the dashboards tagged `tag`, keeping the variables and time range."""
+    return (
+        dash.DashboardLink(title).type("dashboards").tags([tag]).include_vars(True).keep_time(True)
+    )
+
+
+def with_rows(board: dash.Dashboard, rows: Iterable[tuple[str, Iterable[Any]]]) -> dash.Dashboard:
+    for title, panels in rows:
+        board = board.with_row(dash.Row(title))
+        for panel in panels:
+            board = board.with_panel(panel)
+    return board
 
 
 # --- Dashboard variables ---------------------------------------------------------------

@@ -3,21 +3,20 @@ every dependency error, as the API sees them (no exporter needed)."""
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.models.dashboard import DashboardCursorSync
+from grafana_foundation_sdk.builders.dashboard import Dashboard
 
 from scripts.dashboards.common import (
     API,
+    dashboard_link,
     graph,
-    instance_variable,
-    jaeger_url_variable,
+    parity_dashboard,
     per_second,
     prom,
     quantile,
     ratio_or_zero,
-    service_variable,
     thresholds,
     trace_links,
+    with_rows,
 )
 
 UID = "parity-dependencies"
@@ -162,32 +161,20 @@ def cache_row() -> list[object]:
     ]
 
 
-def build() -> dash.Dashboard:
-    board = (
-        dash.Dashboard("Dependencies")
-        .uid(UID)
-        .description("Postgres pool and statements, Redis cache and errors, seen from the API.")
-        .tags(["parity", "dependencies"])
-        .refresh("10s")
-        .time("now-30m", "now")
-        .tooltip(DashboardCursorSync.CROSSHAIR)
-        .with_variable(instance_variable())
-        .with_variable(service_variable())
-        .with_variable(jaeger_url_variable())
-        .link(
-            dash.DashboardLink("API overview")
-            .type("dashboards")
-            .tags(["api"])
-            .include_vars(True)
-            .keep_time(True)
-        )
+def build() -> Dashboard:
+    board = parity_dashboard(
+        "Dependencies",
+        uid=UID,
+        description="Postgres pool and statements, Redis cache and errors, seen from the API.",
+        tag="dependencies",
+        refresh="10s",
+        since="now-30m",
+    ).link(dashboard_link("API overview", "api"))
+    return with_rows(
+        board,
+        (
+            ("Postgres connection pool", pool_row()),
+            ("Postgres statements", statements_row()),
+            ("Redis cache", cache_row()),
+        ),
     )
-    for title, panels in (
-        ("Postgres connection pool", pool_row()),
-        ("Postgres statements", statements_row()),
-        ("Redis cache", cache_row()),
-    ):
-        board = board.with_row(dash.Row(title))
-        for panel in panels:
-            board = board.with_panel(panel)
-    return board

@@ -10,8 +10,7 @@ saturate, before the server's own percentiles move.
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.models.dashboard import DashboardCursorSync
+from grafana_foundation_sdk.builders.dashboard import Dashboard
 
 from scripts.dashboards.common import (
     API,
@@ -19,16 +18,16 @@ from scripts.dashboards.common import (
     ROUTE_TAGS,
     FieldLink,
     big_number,
+    dashboard_link,
     graph,
-    instance_variable,
-    jaeger_url_variable,
     note,
+    parity_dashboard,
     prom,
     quantile,
     ratio_or_zero,
-    service_variable,
     thresholds,
     trace_links,
+    with_rows,
 )
 
 UID = "parity-loadtest"
@@ -223,33 +222,24 @@ def detail_row() -> list[object]:
     ]
 
 
-def build() -> dash.Dashboard:
+def build() -> Dashboard:
     board = (
-        dash.Dashboard("Load test")
-        .uid(UID)
-        .description("Locust's client-side latency next to the API's server-side latency.")
-        .tags(["parity", "loadtest"])
-        .refresh("5s")
-        .time("now-15m", "now")
-        .tooltip(DashboardCursorSync.CROSSHAIR)
-        .with_variable(instance_variable())
-        .with_variable(service_variable())
-        .with_variable(jaeger_url_variable())
-        .link(
-            dash.DashboardLink("API overview")
-            .type("dashboards")
-            .tags(["api"])
-            .include_vars(True)
-            .keep_time(True)
+        parity_dashboard(
+            "Load test",
+            uid=UID,
+            description="Locust's client-side latency next to the API's server-side latency.",
+            tag="loadtest",
+            refresh="5s",
+            since="now-15m",
         )
+        .link(dashboard_link("API overview", "api"))
         .with_panel(note("How to read this dashboard", HOW_TO, height=5))
     )
-    for title, panels in (
-        ("Load test at a glance", summary_row()),
-        ("Latency: client vs server", latency_row()),
-        ("Per request", detail_row()),
-    ):
-        board = board.with_row(dash.Row(title))
-        for panel in panels:
-            board = board.with_panel(panel)
-    return board
+    return with_rows(
+        board,
+        (
+            ("Load test at a glance", summary_row()),
+            ("Latency: client vs server", latency_row()),
+            ("Per request", detail_row()),
+        ),
+    )
