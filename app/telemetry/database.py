@@ -53,11 +53,7 @@ class MeteredPool(AsyncAdaptedQueuePool):
 
     def __init__(self, creator: Any, pool_size: int = 5, max_overflow: int = 10, **kw: Any):
         super().__init__(creator, pool_size=pool_size, max_overflow=max_overflow, **kw)
-        try:
-            DB_CONNECTIONS_MAX.set(pool_size + max(max_overflow, 0))
-            self._report()
-        except Exception as exc:
-            _errors.warning("pool metrics failed: %r", exc)
+        self._report(capacity=pool_size + max(max_overflow, 0))
 
     def _do_get(self) -> ConnectionPoolEntry:
         started = perf_counter()
@@ -67,31 +63,30 @@ class MeteredPool(AsyncAdaptedQueuePool):
             DB_CONNECTION_TIMEOUTS.inc()
             raise
         finally:
-            try:
-                DB_CONNECTION_WAIT.observe(perf_counter() - started)
-                self._report()
-            except Exception as exc:
-                _errors.warning("pool metrics failed: %r", exc)
+            self._report(waited=perf_counter() - started)
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         super()._do_return_conn(record)
-        try:
-            self._report()
-        except Exception as exc:
-            _errors.warning("pool metrics failed: %r", exc)
+        self._report()
 
     def dispose(self) -> None:
         super().dispose()
+        self._report()
+
+    def _report(self, *, capacity: int | None = None, waited: float | None = None) -> None:
+        """The pool's state now (and its capacity, or a checkout's wait). Never raises:
+        a metrics failure must not fail a checkout."""
         try:
-            self._report()
+            if capacity is not None:
+                DB_CONNECTIONS_MAX.set(capacity)
+            if waited is not None:
+                DB_CONNECTION_WAIT.observe(waited)
+            _USED.set(self.checkedout())
+            _IDLE.set(self.checkedin())
+            # overflow() counts from -pool_size up: negative while the pool is not full.
+            DB_CONNECTIONS_OVERFLOW.set(max(self.overflow(), 0))
         except Exception as exc:
             _errors.warning("pool metrics failed: %r", exc)
-
-    def _report(self) -> None:
-        _USED.set(self.checkedout())
-        _IDLE.set(self.checkedin())
-        # overflow() counts from -pool_size up: negative while the pool is not full yet.
-        DB_CONNECTIONS_OVERFLOW.set(max(self.overflow(), 0))
 
 
 def operation_name(statement: str) -> str:
