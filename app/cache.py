@@ -99,9 +99,9 @@ class VersionedCache:
         return value_key, value_key + ":v"
 
     async def lookup(self, entry_id: object) -> Lookup:
-        value_key, version_key = self._keys(entry_id)
         if not self._breaker.allow():
             raise CacheUnavailable from CircuitOpen()
+        value_key, version_key = self._keys(entry_id)
         try:
             value, version = await self._redis.mget(value_key, version_key)
         except RedisError as exc:

@@ -3,8 +3,7 @@
     AppError                      raised by services, mapped here once
      ├── NotFound                 404
      ├── Conflict                 409
-     ├── UnprocessableRequest     422 (well-formed, but semantically refused)
-     └── ServiceUnavailable       503 with Retry-After
+     └── UnprocessableRequest     422 (well-formed, but semantically refused)
 
 Library errors are translated at this boundary: a Postgres outage (however SQLAlchemy
 or asyncpg phrase it) becomes a 503 with `Retry-After`; anything unexpected becomes a
@@ -72,11 +71,6 @@ class Conflict(AppError):
 class UnprocessableRequest(AppError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
     slug = "unprocessable"
-
-
-class ServiceUnavailable(AppError):
-    status = HTTPStatus.SERVICE_UNAVAILABLE
-    slug = "dependency-unavailable"
 
 
 def problem_response(

@@ -329,7 +329,7 @@ class GracefulServer(uvicorn.Server):
         in_flight = len(self.server_state.tasks)
         answered_before = self.server_state.total_requests
         grace_until = min(deadline, started + IDLE_KEEPALIVE_GRACE_SECONDS)
-        await self._wait_until_idle(deadline, tasks_too=True, close_idle_after=grace_until)
+        await self._wait_until_idle(deadline, close_idle_after=grace_until)
         cut_off = await self._cut_off_overdue_requests()
         self._log(
             "drain",
@@ -391,15 +391,13 @@ class GracefulServer(uvicorn.Server):
     def _signalled_at(self) -> float:
         return self.lifecycle.signalled_at or time.monotonic()
 
-    async def _wait_until_idle(
-        self, deadline: float, *, tasks_too: bool, close_idle_after: float
-    ) -> None:
-        """Until every connection has closed (and, with `tasks_too`, every request task
-        has ended: one whose client left may still be committing), the deadline passes,
-        or a second Ctrl-C forces the exit. Idle connections are closed once no request
-        is in flight and `close_idle_after` has passed."""
+    async def _wait_until_idle(self, deadline: float, *, close_idle_after: float) -> None:
+        """Until every connection has closed and every request task has ended (one whose
+        client left may still be committing), the deadline passes, or a second Ctrl-C
+        forces the exit. Idle connections are closed once no request is in flight and
+        `close_idle_after` has passed."""
         state = self.server_state
-        while (state.connections or (tasks_too and state.tasks)) and not self.force_exit:
+        while (state.connections or state.tasks) and not self.force_exit:
             now = time.monotonic()
             if now >= deadline:
                 return

@@ -219,7 +219,7 @@ class Settings(BaseSettings):
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
+            return _split(value, ",")
         return value
 
     @field_validator("CORS_ALLOW_ORIGINS")
