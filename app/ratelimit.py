@@ -30,6 +30,7 @@ from http import HTTPStatus
 from typing import Any
 
 from opentelemetry import trace
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -157,6 +158,8 @@ class RateLimitMiddleware:
         self.timeout = settings.REDIS_TIMEOUT_SECONDS
         self.fail_open = settings.RATE_LIMIT_FAIL_OPEN
         self.errors = RateLimitedLog(logger)
+        # Label children created once, on first use: this runs on every request.
+        self._decisions: dict[tuple[str, str], Counter] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt_paths:
@@ -183,10 +186,10 @@ class RateLimitMiddleware:
             (b"ratelimit", limit_header(policy, decision)),
         ]
         if not decision.allowed:
-            RATE_LIMIT_DECISIONS.labels(policy.name, "limited").inc()
+            self.count(policy, "limited")
             await self.refuse(policy, decision, headers, scope, receive, send)
             return
-        RATE_LIMIT_DECISIONS.labels(policy.name, "allowed").inc()
+        self.count(policy, "allowed")
 
         async def send_with_ratelimit_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -194,6 +197,13 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_ratelimit_headers)
+
+    def count(self, policy: RateLimitPolicy, outcome: str) -> None:
+        child = self._decisions.get((policy.name, outcome))
+        if child is None:
+            child = RATE_LIMIT_DECISIONS.labels(policy.name, outcome)
+            self._decisions[policy.name, outcome] = child
+        child.inc()
 
     async def refuse(
         self,
@@ -229,7 +239,7 @@ class RateLimitMiddleware:
         if not isinstance(exc, CircuitOpen):
             DEPENDENCY_ERRORS.labels("redis", "ratelimit").inc()
         outcome = "fail_open" if self.fail_open else "fail_closed"
-        RATE_LIMIT_DECISIONS.labels(policy.name, outcome).inc()
+        self.count(policy, outcome)
         error = "timeout" if isinstance(exc, TimeoutError) else repr(exc)
         self.errors.warning("rate limiter cannot reach Redis (%s), %s", error, outcome)
         if self.fail_open:
