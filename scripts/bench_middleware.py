@@ -53,13 +53,18 @@ if __package__ in (None, ""):  # run as `python scripts/bench_middleware.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
-from redis import Redis
 
 from scripts.bench_apps import TRIVIAL_PATH
 from scripts.bench_rate_limit import WRK_REPORT, machine, wrk
 from scripts.benchdocs import replace_section
 from scripts.cli import positive_int
-from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, StackError, start_gunicorn
+from scripts.stack import (
+    REPO_ROOT,
+    GunicornProcess,
+    NativeStack,
+    StackError,
+    delete_redis_prefix,
+)
 
 FULL, BARE = "scripts.bench_apps:full", "scripts.bench_apps:bare"
 # name -> (app, environment on top of the defaults, what it shows). The "without"
@@ -194,13 +199,7 @@ def servers(args: argparse.Namespace, sink: OtlpSink) -> Iterator[dict[str, Guni
             progress(f"starting Gunicorn ({args.workers} workers): {name} ({app})")
             started[name] = running.enter_context(start_variant(stack, app, {**env, **extra}, args))
         yield started
-    redis = Redis.from_url(stack.app_env().get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    try:
-        keys = list(redis.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(keys), 1000):
-            redis.delete(*keys[start : start + 1000])
-    finally:
-        redis.close()
+    delete_redis_prefix(stack.app_env().get("REDIS_URL", "redis://127.0.0.1:6379/0"), prefix)
 
 
 def start_variant(stack: NativeStack, app: str, env: dict[str, str],
@@ -209,13 +208,10 @@ def start_variant(stack: NativeStack, app: str, env: dict[str, str],
         return stack.start_gunicorn(workers=args.workers, env=env, app=app)
     # No /ready (bare) or no boot lines in the log (access log off): ready when the
     # route answers.
-    server = start_gunicorn(stack.app_env(**env), workers=args.workers, app=app)
-    try:
-        server.wait_ready(timeout=60, path=TRIVIAL_PATH)
-    except BaseException:
-        server.stop(timeout=10)
-        raise
-    return server
+    return stack.start_gunicorn(
+        workers=args.workers, env=env, app=app,
+        ready_path=TRIVIAL_PATH, ready_timeout=60, wait_booted=False,
+    )  # fmt: skip
 
 
 # --- profile -----------------------------------------------------------------------------

@@ -46,13 +46,17 @@ if __package__ in (None, ""):  # run as `python scripts/bench_rate_limit.py`
 
 from redis import Redis
 
+from scripts.benchdocs import DOCS, replace_section
 from scripts.cli import positive_int
-from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, StackError
+from scripts.stack import (
+    REPO_ROOT,
+    GunicornProcess,
+    NativeStack,
+    StackError,
+    delete_redis_prefix,
+)
 
 PATHS = ("/health", "/api/v1/products/1")
-DOCS = REPO_ROOT / "docs" / "benchmarks.md"
-SECTION_START = "<!-- bench_rate_limit:start -->"
-SECTION_END = "<!-- bench_rate_limit:end -->"
 
 # wrk calls done() once at the end; one JSON line is easier to trust than its text.
 WRK_REPORT = """
@@ -156,11 +160,7 @@ def servers(args: argparse.Namespace) -> Iterator[dict[str, GunicornProcess]]:
             server = stack.start_gunicorn(workers=args.workers, env=env, host="127.0.0.1")
             started[name] = stack_of_servers.enter_context(server)
         yield started
-    redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    keys = list(redis.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        redis.delete(*keys)
-    redis.close()
+    delete_redis_prefix(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), prefix)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -295,18 +295,10 @@ def markdown(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_docs(section: str) -> None:
-    """Replace this script's section of docs/benchmarks.md (between its markers),
-    leaving every other section as it is; append it if missing."""
-    block = f"{SECTION_START}\n{section}\n{SECTION_END}"
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if SECTION_START in text and SECTION_END in text:
-        before, rest = text.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1]
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n## Rate limiter overhead\n\n" + block + "\n"
-    DOCS.write_text(text)
+def write_docs(section: str, path: Path = DOCS) -> None:
+    """Replace this script's section of docs/benchmarks.md, leaving every other section
+    as it is; append it if missing."""
+    replace_section("bench_rate_limit", "Rate limiter overhead", section, path)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

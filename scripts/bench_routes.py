@@ -60,6 +60,7 @@ from scripts.stack import (
     REPO_ROOT,
     NativeStack,
     StackError,
+    delete_redis_prefix,
     drop_database,
 )
 
@@ -218,13 +219,7 @@ def target(args: argparse.Namespace) -> Iterator[Target]:
     finally:
         sink.close()
         drop_database(url)
-        redis = Redis.from_url(redis_url)
-        try:
-            keys = list(redis.scan_iter(match=f"{prefix}*", count=5000))
-            for start in range(0, len(keys), 5000):
-                redis.delete(*keys[start : start + 5000])
-        finally:
-            redis.close()
+        delete_redis_prefix(redis_url, prefix)
 
 
 def warm_hot_products(base_url: str) -> None:

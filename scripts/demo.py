@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as `python scripts/demo.py`
 
 import httpx
 
-from scripts.loadgen import locust_command, locust_env, stop_process
+from scripts.loadgen import locust_command, locust_env, stop_locust
 from scripts.prometheus_native import NativePrometheus, binaries, native_config
 from scripts.stack import (
     REPO_ROOT,
@@ -200,7 +200,7 @@ def run_local(args: argparse.Namespace, out: Path) -> int:
         host_port = base_url.split("://", 1)[1]
         prometheus = native_prometheus(host_port, exporter, stack) if args.prometheus else None
         locust = start_locust(args, base_url, exporter, out)
-        stack.callback(stop_process, locust)
+        stack.callback(stop_locust, locust)
         print_native_urls(base_url, exporter, prometheus)
 
         def slow_request() -> None:

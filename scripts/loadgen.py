@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from scripts.stack import REPO_ROOT, stop_process
+
 LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
 LOCUST_CONF = REPO_ROOT / "loadtest" / "locust.conf"
 
@@ -138,7 +138,7 @@ def run_locust(
     try:
         output, _ = process.communicate(timeout=timeout or seconds + 60)
     except BaseException:
-        stop_process(process)
+        stop_locust(process)
         raise
     return read_result(out_prefix, process.returncode, output)
 
@@ -152,15 +152,9 @@ def locust_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def stop_process(process: subprocess.Popen[Any], timeout: float = 10) -> None:
-    """SIGTERM (Locust writes its reports and exits), SIGKILL if it overstays."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def stop_locust(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM (Locust writes its reports and exits), SIGKILL after 10 s."""
+    stop_process(process, timeout=10)
 
 
 def read_result(out_prefix: Path, exit_code: int, output: str) -> LocustResult:

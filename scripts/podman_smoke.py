@@ -51,10 +51,17 @@ if __package__ in (None, ""):  # run as `python scripts/podman_smoke.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from redis import Redis
 from sqlalchemy.engine import make_url
 
-from scripts.stack import REPO_ROOT, drop_database, ensure_database, free_port, iter_json_lines
+from scripts.stack import (
+    REPO_ROOT,
+    child_pids,
+    delete_redis_prefix,
+    drop_database,
+    ensure_database,
+    free_port,
+    iter_json_lines,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 3
 
@@ -385,7 +392,7 @@ class Smoke:
 
         def uids() -> str:
             pid = int(self.podman("inspect", "--format={{.State.Pid}}", container).stdout)
-            processes = [pid, *_children(pid)]
+            processes = [pid, *child_pids(pid)]
             found = {p: _uid(p) for p in processes}
             wrong = {p: u for p, u in found.items() if u != APP_UID}
             if wrong or len(processes) < 3:
@@ -405,7 +412,7 @@ class Smoke:
                 raise CheckFailed(f"X-Cache {caches}, expected MISS then HIT")
             # Memory after serving: what compose's and k8s' memory limit must hold.
             pid = int(self.podman("inspect", "--format={{.State.Pid}}", container).stdout)
-            rss = [_rss_mb(p) for p in (pid, *_children(pid))]
+            rss = [_rss_mb(p) for p in (pid, *child_pids(pid))]
             self.report.facts["rss_mb"] = {
                 "master": round(rss[0], 1),
                 "workers": [round(r, 1) for r in rss[1:]],
@@ -481,13 +488,6 @@ class Smoke:
         return "\n".join((result.stdout + result.stderr).splitlines()[-lines:])
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def _status_field(pid: int, name: str) -> str:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{name}:"):
@@ -521,13 +521,7 @@ def throwaway_backends() -> Iterator[dict[str, str]]:
         yield {"DATABASE_URL": url, "REDIS_URL": TEST_REDIS_URL, "REDIS_KEY_PREFIX": prefix}
     finally:
         drop_database(url)
-        redis = Redis.from_url(TEST_REDIS_URL)
-        try:
-            keys = list(redis.scan_iter(match=f"{prefix}*", count=1000))
-            if keys:
-                redis.delete(*keys)
-        finally:
-            redis.close()
+        delete_redis_prefix(TEST_REDIS_URL, prefix)
 
 
 def run(args: argparse.Namespace, report: Report) -> None:

@@ -34,7 +34,7 @@ if __package__ in (None, ""):
 import httpx
 import yaml
 
-from scripts.stack import REPO_ROOT, StackError, free_port
+from scripts.stack import REPO_ROOT, StackError, free_port, stop_process
 
 PROMETHEUS_DIR = REPO_ROOT / "observability" / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -236,13 +236,8 @@ class NativePrometheus(PrometheusAPI):
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=15)
         self.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 

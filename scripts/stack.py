@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as `python scripts/stack.py`
 
 import asyncpg
 import httpx
+from redis import Redis
 from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +99,19 @@ def drop_database(database_url: str) -> None:
     )
 
 
+def delete_redis_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every key under `prefix`: what a run or a test wrote to a shared Redis."""
+    if not prefix:
+        raise ValueError("refusing to delete every key: the prefix is empty")
+    redis = Redis.from_url(redis_url)
+    try:
+        keys = list(redis.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 1000):
+            redis.delete(*keys[start : start + 1000])
+    finally:
+        redis.close()
+
+
 def _run_module(args: list[str], env: Mapping[str, str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", *args],
@@ -125,6 +139,26 @@ def seed(database_url: str, products: int) -> None:
 # --- Gunicorn ----------------------------------------------------------------------
 
 
+def child_pids(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux /proc); none when it is gone."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in children.split()]
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM, wait up to `timeout` seconds, SIGKILL if it overstays."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class GunicornProcess:
     """A Gunicorn master started with the project's gunicorn.conf.py, logging to a file."""
@@ -146,11 +180,7 @@ class GunicornProcess:
 
     def worker_pids(self) -> list[int]:
         """Pids of the master's current worker processes."""
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        try:
-            return [int(pid) for pid in children.read_text().split()]
-        except OSError:
-            return []
+        return child_pids(self.pid)
 
     def wait_ready(self, timeout: float = 30.0, path: str = "/ready") -> None:
         """Poll `path` until it answers 200; raise StackError with the log tail if the
@@ -196,13 +226,7 @@ class GunicornProcess:
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (graceful), wait, SIGKILL if it overstays; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
         self._log_file.close()
         return self.process.returncode
 
@@ -302,14 +326,16 @@ class NativeStack:
         env: Mapping[str, str] | None = None,
         ready_timeout: float = 30.0,
         ready_path: str = "/ready",
+        wait_booted: bool = True,
         **kwargs: Any,
     ) -> GunicornProcess:
         """Start Gunicorn against this stack's database, wait until every worker has
         booted and `ready_path` answers 200 (pass "/health" for a server that cannot be
-        ready yet)."""
+        ready yet; `wait_booted=False` for an app that logs no boot lines)."""
         server = start_gunicorn(self.app_env(**(env or {})), workers=workers, **kwargs)
         try:
-            server.wait_workers_booted(workers, ready_timeout)
+            if wait_booted:
+                server.wait_workers_booted(workers, ready_timeout)
             server.wait_ready(ready_timeout, path=ready_path)
         except BaseException:
             server.stop(timeout=10)

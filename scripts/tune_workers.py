@@ -40,7 +40,6 @@ if __package__ in (None, ""):  # run as `python scripts/tune_workers.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil
-from redis import Redis
 from sqlalchemy.engine import make_url
 
 from app.settings import Settings
@@ -54,6 +53,7 @@ from scripts.stack import (
     GunicornProcess,
     NativeStack,
     StackError,
+    delete_redis_prefix,
     drop_database,
     fetch_value,
 )
@@ -174,15 +174,10 @@ class NativeTarget:
 
     def cleanup(self) -> None:
         drop_database(self.database_url)
-        redis = Redis.from_url(
-            self.env.get("REDIS_URL", os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        redis_url = self.env.get(
+            "REDIS_URL", os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         )
-        try:
-            keys = list(redis.scan_iter(match=f"{self.redis_prefix}*", count=1000))
-            for start in range(0, len(keys), 1000):
-                redis.delete(*keys[start : start + 1000])
-        finally:
-            redis.close()
+        delete_redis_prefix(redis_url, self.redis_prefix)
 
     def master_and_worker_pids(self) -> tuple[list[int], list[int]]:
         if self.server is None:

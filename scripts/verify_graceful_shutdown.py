@@ -45,7 +45,14 @@ if __package__ in (None, ""):  # run as `python scripts/verify_graceful_shutdown
 
 import httpx
 
-from scripts.stack import ComposeStack, GunicornProcess, NativeStack, StackError, iter_json_lines
+from scripts.stack import (
+    ComposeStack,
+    GunicornProcess,
+    NativeStack,
+    StackError,
+    child_pids,
+    iter_json_lines,
+)
 
 PHASES = ("signal", "delay", "stop_accepting", "drain", "lifespan_shutdown", "exit")
 SLOW_PATH = "/api/v1/demo/slow"
@@ -306,11 +313,7 @@ class PidTarget:
         return list(iter_json_lines(self.log_file.read_text(errors="replace")))
 
     def worker_pids(self) -> set[int]:
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        try:
-            return {int(pid) for pid in children.read_text().split()}
-        except OSError:
-            return set()
+        return set(child_pids(self.pid))
 
     def close(self) -> None:
         pass

@@ -40,10 +40,15 @@ if __package__ in (None, ""):  # run as `python scripts/verify_rate_limit.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from redis import Redis
 
 from scripts.cli import positive_int
-from scripts.stack import ComposeStack, GunicornProcess, NativeStack, StackError
+from scripts.stack import (
+    ComposeStack,
+    GunicornProcess,
+    NativeStack,
+    StackError,
+    delete_redis_prefix,
+)
 
 DEFAULT_PATH = "/api/v1/products?limit=1"
 # A loopback address other than 127.0.0.1: connecting from it makes us an untrusted
@@ -572,11 +577,7 @@ def native_server(args: argparse.Namespace) -> Iterator[tuple[GunicornProcess, P
             progress(f"server {record['level'].lower()}: {record.get('message')}")
     finally:
         server.stop()
-        redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        keys = list(redis.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            redis.delete(*keys)
-        redis.close()
+        delete_redis_prefix(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), prefix)
 
 
 def _loopback_ipv4(base_url: str) -> bool:

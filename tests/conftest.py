@@ -20,11 +20,17 @@ from typing import Any
 
 import httpx
 import pytest
-from redis import Redis
 from sqlalchemy.engine import make_url
 
 from app.settings import Settings
-from scripts.stack import GunicornProcess, NativeStack, drop_database, ensure_database, migrate
+from scripts.stack import (
+    GunicornProcess,
+    NativeStack,
+    delete_redis_prefix,
+    drop_database,
+    ensure_database,
+    migrate,
+)
 from tests.helpers import app_client
 
 SERVER_URL = os.environ.get(
@@ -75,13 +81,7 @@ def redis_prefix() -> Iterator[str]:
     """A key prefix of this session's own; its keys are deleted afterwards."""
     prefix = f"{unique_name('parity-test')}:"
     yield prefix
-    client = Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    delete_redis_prefix(REDIS_URL, prefix)
 
 
 @pytest.fixture

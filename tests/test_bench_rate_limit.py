@@ -7,21 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from scripts import bench_rate_limit
 from scripts.bench_rate_limit import Sample, summarise, write_docs
 from scripts.stack import REPO_ROOT
 
 
-def test_write_docs_replaces_only_its_own_section(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_write_docs_replaces_only_its_own_section(tmp_path: Path) -> None:
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n\n## Locust\n\nothers' numbers\n")
-    monkeypatch.setattr(bench_rate_limit, "DOCS", docs)
-    write_docs("first run")
-    write_docs("second run")
+    write_docs("first run", path=docs)
+    write_docs("second run", path=docs)
     text = docs.read_text()
     assert "others' numbers" in text
     assert "first run" not in text
