@@ -850,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = Sweep(args, target, out)
     log(f"sweeping {', '.join(map(str, args.workers))} workers against {target.describe()}")
     log(f"results go to {out}/; Ctrl-C stops and keeps what was measured")
+    failed = False
     try:
         target.prepare()
         sweep.run()
@@ -859,11 +860,10 @@ def main(argv: list[str] | None = None) -> int:
         log("\ninterrupted: stopping the server and Locust, keeping what was measured")
     except (StackError, LoadgenError, OSError) as exc:
         log(f"error: {exc}")
-        target.stop()
-        return finish(sweep, args, failed=True)
+        failed = True
     finally:
-        target.stop()
-    return finish(sweep, args, failed=False)
+        target.stop()  # before finish(), which drops the sweep's database
+    return finish(sweep, args, failed=failed)
 
 
 def finish(sweep: Sweep, args: argparse.Namespace, *, failed: bool) -> int:
