@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +17,7 @@ from prometheus_client.samples import Sample
 
 from app.main import create_app
 from app.settings import Settings
+from scripts.stack import REPO_ROOT
 
 
 @asynccontextmanager
@@ -71,4 +74,11 @@ def sample_sum(samples: list[Sample], name: str, **labels: str) -> float:
         sample.value
         for sample in samples
         if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def run_script(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """`python <args>` from the repository root, as a user runs a script; output captured."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,8 +17,8 @@ from redis.exceptions import ResponseError
 from app.autopipeline import AutoPipeline
 from app.ratelimit import acquire
 from app.settings import RateLimitPolicy
-from scripts.stack import REPO_ROOT
 from tests.conftest import REDIS_URL
+from tests.helpers import run_script
 
 CALLERS = 200
 
@@ -128,11 +126,11 @@ async def test_the_rate_limit_stays_exact_when_requests_are_pipelined(
 def test_the_benchmark_script_compares_both_clients_per_concurrency() -> None:
     """A tiny run of scripts/bench_autopipeline.py: a row per client and concurrency,
     and the JSON it says it wrote (the figures themselves are not judged here)."""
-    result = subprocess.run(
-        [sys.executable, "scripts/bench_autopipeline.py", "--redis-url", REDIS_URL,
-         "--concurrency", "1", "4", "--decisions", "200", "--rounds", "1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=120,
+    result = run_script(
+        "scripts/bench_autopipeline.py", "--redis-url", REDIS_URL,
+        "--concurrency", "1", "4", "--decisions", "200", "--rounds", "1", timeout=120,
     )  # fmt: skip
+    assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert [row.split("|")[2].strip() for row in rows[1:]] == ["plain", "pipelined"] * 2
     written = Path(result.stdout.split("results: ")[1].strip())
@@ -141,9 +139,6 @@ def test_the_benchmark_script_compares_both_clients_per_concurrency() -> None:
 
 
 def test_the_benchmark_script_names_a_bad_value() -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/bench_autopipeline.py", "--concurrency", "0"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    result = run_script("scripts/bench_autopipeline.py", "--concurrency", "0", timeout=60)
     assert result.returncode == 2
     assert "--concurrency: '0' must be at least 1" in result.stderr

@@ -3,13 +3,11 @@ timings on a shared 2-core machine prove nothing in CI)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from scripts import bench_rate_limit
 from scripts.bench_rate_limit import Sample, summarise, write_docs
-from scripts.stack import REPO_ROOT
+from tests.helpers import run_script
 
 
 def test_write_docs_replaces_only_its_own_section(tmp_path: Path) -> None:
@@ -42,12 +40,7 @@ def test_summary_pairs_rounds_and_takes_medians() -> None:
 
 
 def test_help_describes_the_run() -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/bench_rate_limit.py", "--help"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    result = run_script("scripts/bench_rate_limit.py", "--help")
+    assert result.returncode == 0, result.stderr
     assert "--rounds" in result.stdout
     assert "limiter on and off" in result.stdout

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from scripts.stack import REPO_ROOT
+from tests.helpers import run_script
 
 
 def test_bench_telemetry_reports_each_feature_as_json() -> None:
     """One short round -> five variants in order, bare first at ratio 1, every added cost
     measured against the bare route (timing itself is never asserted)."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/bench_telemetry.py",
-            "--rounds",
-            "1",
-            "--requests",
-            "200",
-            "--json",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+    result = run_script(
+        "scripts/bench_telemetry.py", "--rounds", "1", "--requests", "200", "--json", timeout=120
     )
+    assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["results"]
     assert rows[0]["variant"] == "bare route"
     assert len(rows) == 5
@@ -40,13 +26,6 @@ def test_bench_telemetry_reports_each_feature_as_json() -> None:
 
 
 def test_bench_telemetry_refuses_a_meaningless_run() -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/bench_telemetry.py", "--requests", "5"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_script("scripts/bench_telemetry.py", "--requests", "5", timeout=60)
     assert result.returncode == 2
     assert "--requests" in result.stderr

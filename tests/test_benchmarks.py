@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,16 +14,11 @@ from PIL import Image
 from scripts.bench_middleware import attribute
 from scripts.benchdocs import replace_section
 from scripts.stack import REPO_ROOT
+from tests.helpers import run_script
 
 needs_wrk = pytest.mark.skipif(
     shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)"
 )
-
-
-def run_script(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.mark.gunicorn

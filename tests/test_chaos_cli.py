@@ -4,20 +4,12 @@ tests/test_outages.py asserts, phase by phase)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
-from scripts.stack import REPO_ROOT
+from tests.helpers import run_script
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "scripts/chaos.py", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_script("scripts/chaos.py", *args, timeout=60)
 
 
 def test_help_names_the_phases_and_the_targets() -> None:
