@@ -55,7 +55,7 @@ if __package__ in (None, ""):  # run as `python scripts/bench_middleware.py`
 import psutil
 
 from scripts.bench_apps import TRIVIAL_PATH
-from scripts.bench_rate_limit import WRK_REPORT, machine, wrk
+from scripts.bench_rate_limit import WRK_REPORT, machine, rate_and_latency, wrk
 from scripts.benchdocs import replace_section
 from scripts.cli import positive_int
 from scripts.stack import (
@@ -140,9 +140,7 @@ def measure(name: str, server: GunicornProcess, round_: int, args: argparse.Name
     return Sample(
         name,
         round_,
-        round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
-        raw["p50_us"] / 1000,
-        raw["p99_us"] / 1000,
+        *rate_and_latency(raw),
         round(1e6 * cpu / max(raw["requests"], 1), 1),
         raw["non_2xx"],
         raw["socket_errors"],

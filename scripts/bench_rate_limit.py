@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as `python scripts/bench_rate_limit.py`
 
 from redis import Redis
 
-from scripts.benchdocs import DOCS, replace_section
+from scripts.benchdocs import DOCS, cpu_model, replace_section
 from scripts.cli import positive_int
 from scripts.stack import (
     REPO_ROOT,
@@ -86,6 +86,12 @@ class Sample:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+
+
+def rate_and_latency(raw: dict[str, Any]) -> tuple[float, float, float]:
+    """From a WRK_REPORT: requests per second, p50 and p99 latency in ms."""
+    rate = round(raw["requests"] / (raw["duration_us"] / 1e6), 1)
+    return rate, raw["p50_us"] / 1000, raw["p99_us"] / 1000
 
 
 def wrk(url: str, *, connections: int, threads: int, seconds: int, script: Path) -> dict[str, Any]:
@@ -128,9 +134,7 @@ def measure(
         server,
         round_,
         measure_,
-        round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
-        raw["p50_us"] / 1000,
-        raw["p99_us"] / 1000,
+        *rate_and_latency(raw),
         raw["non_2xx"],
         raw["socket_errors"],
     )
@@ -239,13 +243,7 @@ def summarise_route(samples: list[Sample]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     try:
         redis_version = str(redis.info("server").get("redis_version", "?"))

@@ -52,7 +52,7 @@ from sqlalchemy.engine import make_url
 
 from app.catalog.schemas import encode_cursor
 from scripts.bench_middleware import OtlpSink
-from scripts.bench_rate_limit import machine, wrk
+from scripts.bench_rate_limit import machine, rate_and_latency, wrk
 from scripts.benchdocs import replace_section
 from scripts.cli import positive_int
 from scripts.stack import (
@@ -257,9 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         route,
                         load,
                         round_,
-                        round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
-                        raw["p50_us"] / 1000,
-                        raw["p99_us"] / 1000,
+                        *rate_and_latency(raw),
                         round(raw["misses"] / max(raw["requests"], 1), 3),
                         raw["non_2xx"],
                         raw["socket_errors"],

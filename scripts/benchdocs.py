@@ -20,3 +20,14 @@ def replace_section(name: str, heading: str, body: str, path: Path = DOCS) -> No
     else:
         text = text.rstrip("\n") + f"\n\n## {heading}\n\n{block}\n"
     path.write_text(text)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the machine line under measured figures."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"

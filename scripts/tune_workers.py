@@ -44,6 +44,7 @@ from sqlalchemy.engine import make_url
 
 from app.settings import Settings
 from app.worker import available_cpus
+from scripts.benchdocs import cpu_model
 from scripts.cli import bounded
 from scripts.loadgen import LoadgenError, LocustResult, run_locust
 from scripts.stack import (
@@ -615,14 +616,7 @@ def write_plot(
 
 
 def machine_description() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     memory = psutil.virtual_memory().total / 1024**3
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return (
