@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from app.breaker import CircuitBreaker, CircuitOpen
 from app.settings import Settings
 from app.telemetry.logging import RateLimitedLog
-from app.telemetry.metrics import DEPENDENCY_ERRORS
+from app.telemetry.metrics import DEPENDENCY_ERRORS, count
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class VersionedCache:
             value, version = await self._redis.mget(value_key, version_key)
         except RedisError as exc:
             self._breaker.record_failure()
-            DEPENDENCY_ERRORS.labels("redis", "cache_lookup").inc()
+            count(DEPENDENCY_ERRORS, "redis", "cache_lookup")
             self._errors.warning("cache lookup failed, reading from Postgres: %r", exc)
             raise CacheUnavailable from exc
         self._breaker.record_success()
@@ -123,7 +123,7 @@ class VersionedCache:
             )
         except RedisError as exc:
             self._breaker.record_failure()
-            DEPENDENCY_ERRORS.labels("redis", "cache_store").inc()
+            count(DEPENDENCY_ERRORS, "redis", "cache_store")
             self._errors.warning("cache store failed: %r", exc)
             return False
         self._breaker.record_success()
@@ -141,7 +141,7 @@ class VersionedCache:
             await pipe.execute()
         except RedisError as exc:
             self._breaker.record_failure()
-            DEPENDENCY_ERRORS.labels("redis", "cache_invalidate").inc()
+            count(DEPENDENCY_ERRORS, "redis", "cache_invalidate")
             self._errors.warning(
                 "cache invalidation failed; stale for up to %ss: %r", self._ttl, exc
             )

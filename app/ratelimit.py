@@ -30,7 +30,6 @@ from http import HTTPStatus
 from typing import Any
 
 from opentelemetry import trace
-from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,7 +40,7 @@ from app.deps import Resources
 from app.errors import problem_response
 from app.settings import RateLimitPolicy, Settings
 from app.telemetry.logging import RateLimitedLog
-from app.telemetry.metrics import DEPENDENCY_ERRORS, RATE_LIMIT_DECISIONS
+from app.telemetry.metrics import DEPENDENCY_ERRORS, RATE_LIMIT_DECISIONS, count
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +157,6 @@ class RateLimitMiddleware:
         self.timeout = settings.REDIS_TIMEOUT_SECONDS
         self.fail_open = settings.RATE_LIMIT_FAIL_OPEN
         self.errors = RateLimitedLog(logger)
-        # Label children created once, on first use: this runs on every request.
-        self._decisions: dict[tuple[str, str], Counter] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt_paths:
@@ -186,10 +183,10 @@ class RateLimitMiddleware:
             (b"ratelimit", limit_header(policy, decision)),
         ]
         if not decision.allowed:
-            self.count(policy, "limited")
+            count(RATE_LIMIT_DECISIONS, policy.name, "limited")
             await self.refuse(policy, decision, headers, scope, receive, send)
             return
-        self.count(policy, "allowed")
+        count(RATE_LIMIT_DECISIONS, policy.name, "allowed")
 
         async def send_with_ratelimit_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -197,13 +194,6 @@ class RateLimitMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_ratelimit_headers)
-
-    def count(self, policy: RateLimitPolicy, outcome: str) -> None:
-        child = self._decisions.get((policy.name, outcome))
-        if child is None:
-            child = RATE_LIMIT_DECISIONS.labels(policy.name, outcome)
-            self._decisions[policy.name, outcome] = child
-        child.inc()
 
     async def refuse(
         self,
@@ -237,9 +227,9 @@ class RateLimitMiddleware:
         """Redis failed or was slower than REDIS_TIMEOUT_SECONDS for this request, or
         the circuit breaker skipped the call (`CircuitOpen`: not counted as an error)."""
         if not isinstance(exc, CircuitOpen):
-            DEPENDENCY_ERRORS.labels("redis", "ratelimit").inc()
+            count(DEPENDENCY_ERRORS, "redis", "ratelimit")
         outcome = "fail_open" if self.fail_open else "fail_closed"
-        self.count(policy, outcome)
+        count(RATE_LIMIT_DECISIONS, policy.name, outcome)
         error = "timeout" if isinstance(exc, TimeoutError) else repr(exc)
         self.errors.warning("rate limiter cannot reach Redis (%s), %s", error, outcome)
         if self.fail_open:

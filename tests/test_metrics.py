@@ -24,6 +24,7 @@ from app import db
 from app.main import create_app
 from app.settings import Settings
 from app.telemetry import metrics
+from app.telemetry.logging import RateLimitedLog
 from app.telemetry.middleware import UNMATCHED_ROUTE
 from tests.helpers import app_client, create_product, parse_metrics, sample_sum
 
@@ -279,6 +280,28 @@ async def test_telemetry_errors_never_fail_a_request(
     assert response.json()["sku"] == product["sku"]
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
     assert "telemetry failed" in caplog.text
+
+
+async def test_counters_on_request_paths_never_fail_a_request(
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The rate-limit and cache-lookup counters raise on every call (as on a full disk):
+    a product read through the rate limiter -> 200 with its body; the failure is
+    logged, not raised."""
+    monkeypatch.setattr(metrics, "_children", {})
+    monkeypatch.setattr(metrics, "_failures", RateLimitedLog(metrics.logger, interval=60.0))
+    monkeypatch.setattr(metrics.RATE_LIMIT_DECISIONS, "labels", explode)
+    monkeypatch.setattr(metrics.CACHE_LOOKUPS, "labels", explode)
+    caplog.set_level(logging.WARNING, logger="app.telemetry.metrics")
+    async with app_client(make_settings(RATE_LIMIT_ENABLED=True)) as client:
+        product = await create_product(client)
+        response = await client.get(f"/api/v1/products/{product['id']}")
+    assert response.status_code == 200
+    assert response.json()["sku"] == product["sku"]
+    assert "ratelimit" in response.headers  # the limiter did decide
+    assert "not counted" in caplog.text
 
 
 async def test_metrics_can_be_switched_off(make_settings: Callable[..., Settings]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from prometheus_client import Counter
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,7 +12,7 @@ from app.cache import CacheUnavailable, VersionedCache
 from app.catalog.models import Product
 from app.catalog.schemas import ProductCreate, ProductOut, ProductUpdate
 from app.errors import Conflict, NotFound
-from app.telemetry.metrics import CACHE_LOOKUPS
+from app.telemetry.metrics import CACHE_LOOKUPS, count
 
 
 class CacheOutcome(StrEnum):
@@ -40,19 +39,8 @@ async def read_product_json(
 ) -> tuple[bytes, CacheOutcome]:
     """The product as JSON bytes, from Redis when cached, else from Postgres (cache-aside)."""
     payload, outcome = await _read_through(session, cache, product_id)
-    _count_lookup(outcome)
+    count(CACHE_LOOKUPS, "product", outcome.lower())
     return payload, outcome
-
-
-# Label children created once, on first use: this runs on every product read.
-_LOOKUP_COUNTERS: dict[CacheOutcome, Counter] = {}
-
-
-def _count_lookup(outcome: CacheOutcome) -> None:
-    child = _LOOKUP_COUNTERS.get(outcome)
-    if child is None:
-        child = _LOOKUP_COUNTERS[outcome] = CACHE_LOOKUPS.labels("product", outcome.lower())
-    child.inc()
 
 
 async def _read_through(

@@ -19,7 +19,13 @@ included, which is what keeps a total exact when a worker is recycled.
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+from app.telemetry.logging import RateLimitedLog
+
+logger = logging.getLogger(__name__)
 
 # Multiprocess mode cannot export `_created` series; switch them off in single-process
 # mode too, so a scrape looks the same with and without Gunicorn.
@@ -128,3 +134,23 @@ APP_INFO = Gauge(
     ["service_version", "workers"],
     multiprocess_mode="livemax",
 )
+
+
+# --- Counting from request paths ---------------------------------------------------
+
+_children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+_failures = RateLimitedLog(logger, interval=60.0)
+
+
+def count(counter: Counter, *labels: str) -> None:
+    """`counter.labels(*labels).inc()` for code on a request's path: the label child is
+    created once (label values must be bounded, as for any Prometheus label), and a
+    failure (a multiprocess file that cannot grow on a full disk, say) is logged at a
+    bounded rate instead of failing the request that counts."""
+    try:
+        child = _children.get((counter, labels))
+        if child is None:
+            child = _children[counter, labels] = counter.labels(*labels)
+        child.inc()
+    except Exception as exc:
+        _failures.warning("metric %s not counted: %r", counter._name, exc)

@@ -55,7 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import __version__
 from app.settings import Settings
 from app.telemetry.logging import RateLimitedLog
-from app.telemetry.metrics import DEPENDENCY_ERRORS
+from app.telemetry.metrics import DEPENDENCY_ERRORS, count
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class _ReportingExporter(SpanExporter):
             reason = "see the exporter's log line"
         self.reachable = result is SpanExportResult.SUCCESS
         if not self.reachable:
-            DEPENDENCY_ERRORS.labels("otel-collector", "export_spans").inc()
+            count(DEPENDENCY_ERRORS, "otel-collector", "export_spans")
             self._failures.warning(
                 "could not export %d spans to %s (%s); is the collector up? "
                 "OTEL_SDK_DISABLED=true turns tracing off",
