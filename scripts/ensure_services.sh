@@ -27,29 +27,45 @@ apt_install() {
 }
 
 postgres_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+# The default DATABASE_URL has no password: can the `postgres` role log in over TCP?
+postgres_trusts_loopback() {
+  PGPASSWORD= PGCONNECT_TIMEOUT=3 psql -w -h 127.0.0.1 -p 5432 -U postgres -d postgres \
+    -tAc 'select 1' >/dev/null 2>&1
+}
 redis_up() { [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; }
+
+# A Debian cluster asks for passwords on 127.0.0.1 (scram-sha-256); the development
+# cluster this script manages trusts loopback, so that the default DATABASE_URL (user
+# postgres, no password) works. Done whenever that login fails, not only after a fresh
+# install: the package may be preinstalled (a machine image) with its stock pg_hba.conf.
+trust_loopback() {
+  local version=$1 hba="/etc/postgresql/$1/main/pg_hba.conf"
+  [ -f "$hba" ] || { log "no $hba: cannot make loopback trusted"; return 1; }
+  log "trusting loopback connections in $hba (development cluster)"
+  as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+}
 
 ensure_postgres() {
   is_local "${DATABASE_URL:-}" || { log "DATABASE_URL is not local: skipping Postgres"; return 0; }
-  postgres_up && return 0
-  local fresh=0
   if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
     apt_install postgresql postgresql-client
-    fresh=1
   fi
   local version
   version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
-  if [ "$fresh" = 1 ]; then
-    # A fresh Debian cluster asks for passwords on 127.0.0.1; a throwaway dev/CI
-    # cluster trusts loopback so that the default DATABASE_URL (no password) works.
-    local hba="/etc/postgresql/$version/main/pg_hba.conf"
-    log "trusting loopback connections in $hba (development cluster)"
-    as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+  if ! postgres_up; then
+    log "starting Postgres $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || as_root pg_ctlcluster "$version" main restart
+    local _
+    for _ in $(seq 50); do postgres_up && break; sleep 0.2; done
+    postgres_up || { log "Postgres did not come up"; return 1; }
   fi
-  log "starting Postgres $version"
-  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || as_root pg_ctlcluster "$version" main restart
-  for _ in $(seq 50); do postgres_up && return 0; sleep 0.2; done
-  log "Postgres did not come up"; return 1
+  # A DATABASE_URL with a password (your own local role) needs no trust.
+  case "${DATABASE_URL:-}" in *://*:*@*) return 0;; esac
+  postgres_trusts_loopback && return 0
+  trust_loopback "$version"
+  for _ in $(seq 25); do postgres_trusts_loopback && return 0; sleep 0.2; done
+  log "user postgres still cannot log in on 127.0.0.1 without a password"; return 1
 }
 
 ensure_redis() {
