@@ -250,10 +250,10 @@ def test_every_pipeline_component_is_defined_and_used(path: Path) -> None:
 def test_pipeline_problems_are_found() -> None:
     """The checker itself: a typo'd exporter and an unused processor are reported."""
     config = load_yaml(COLLECTOR_CONFIG)
-    config["service"]["pipelines"]["traces"]["exporters"] = ["otlp/jaegr", "spanmetrics"]
+    config["service"]["pipelines"]["traces"]["exporters"] = ["otlp_grpc/jaegr", "spanmetrics"]
     config["processors"]["unused"] = {}
     problems = pipeline_problems(config)
-    assert "pipeline traces: exporter otlp/jaegr is not defined" in problems
+    assert "pipeline traces: exporter otlp_grpc/jaegr is not defined" in problems
     assert "processor unused is defined but no pipeline uses it" in problems
 
 
@@ -272,7 +272,7 @@ def test_collector_traces_go_to_jaeger_over_otlp_and_own_metrics_are_exposed() -
     receivers = config["receivers"]["otlp"]["protocols"]
     assert {"grpc", "http"} <= set(receivers)
     traces = config["service"]["pipelines"]["traces"]
-    jaeger = [e for e in traces["exporters"] if e.split("/")[0] == "otlp"]
+    jaeger = [e for e in traces["exporters"] if e.split("/")[0] == "otlp_grpc"]
     assert jaeger
     assert "jaeger" in config["exporters"][jaeger[0]]["endpoint"]
     reader = config["service"]["telemetry"]["metrics"]["readers"][0]["pull"]["exporter"]
