@@ -9,7 +9,7 @@
 # The base is a build argument so that CI can smoke-build this exact file offline
 # against a local stand-in base (scripts/podman_smoke.py); any image with python3 and
 # its venv module works.
-ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
+ARG PYTHON_IMAGE=python:3.12.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 COPY requirements.txt /tmp/requirements.txt

@@ -57,6 +57,12 @@ def _depends_on(service: dict[str, Any]) -> dict[str, str]:
     return {name: spec.get("condition", "service_started") for name, spec in depends.items()}
 
 
+def with_defaults(value: str) -> str:
+    """`value` as compose resolves it when no variable is set: each `${NAME:-default}`
+    replaced by its default."""
+    return INTERPOLATION.sub(lambda match: match[2] or "", value)
+
+
 def _seconds(duration: str) -> float:
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     return sum(
@@ -194,9 +200,11 @@ def test_every_image_is_pinned_to_an_exact_version() -> None:
     """No `latest`, no bare major (`postgres:18`): a tag names one release. Images built
     here (`build:`) are checked through their Dockerfile's FROM instead."""
     for name, service in services().items():
-        image = service.get("image", "")
+        image = with_defaults(service.get("image", ""))
         if "build" in service:
             assert image.endswith(":local"), f"{name}: built images are tagged :local"
+            for base in service["build"].get("args", {}).values():
+                assert EXACT_TAG.fullmatch(with_defaults(base).rpartition(":")[2]), base
             continue
         repository, _, tag = image.rpartition(":")
         assert repository, f"{name}: {image} has no tag"
@@ -208,6 +216,7 @@ def test_published_ports_listen_on_loopback_only() -> None:
         for port in service.get("ports", []):
             assert isinstance(port, str), f"{name}: use the 127.0.0.1:HOST:CONTAINER form"
             assert port.startswith("127.0.0.1:"), f"{name}: {port} is reachable from the network"
+            assert with_defaults(port).count(":") == 2, f"{name}: {port}"
 
 
 def test_api_is_hardened() -> None:
@@ -215,17 +224,25 @@ def test_api_is_hardened() -> None:
     assert api["read_only"] is True
     assert api["cap_drop"] == ["ALL"]
     assert "no-new-privileges:true" in api["security_opt"]
-    assert {"cpus", "memory"} <= set(api["deploy"]["resources"]["limits"])
+    assert "memory" in api["deploy"]["resources"]["limits"]
+    assert api_cpus() > 0
     tmpfs_paths = [entry.split(":")[0] for entry in api["tmpfs"]]
     assert MULTIPROC_DIR in tmpfs_paths
     assert "/tmp" in tmpfs_paths
 
 
+def api_cpus() -> float:
+    """The api's CPU limit: its CFS quota over the period (no `cpus:`, which the daemon
+    refuses on a host with fewer CPUs than that)."""
+    api = services()["api"]
+    assert "cpus" not in api["deploy"]["resources"]["limits"]
+    return int(with_defaults(str(api["cpu_quota"]))) / int(api["cpu_period"])
+
+
 def test_workers_match_the_cpu_limit() -> None:
     api = services()["api"]
-    cpus = float(api["deploy"]["resources"]["limits"]["cpus"])
     (default,) = [d for n, d in INTERPOLATION.findall(api["environment"]["GUNICORN_WORKERS"])]
-    assert int(default) == math.ceil(cpus)
+    assert int(default) == math.ceil(api_cpus()) == 2
 
 
 def test_api_waits_for_its_dependencies_and_the_seed() -> None:
@@ -242,7 +259,7 @@ def test_readme_lists_every_published_port() -> None:
     readme = (REPO_ROOT / "README.md").read_text()
     for name, service in services().items():
         for port in service.get("ports", []):
-            host_port = port.split(":")[1]
+            host_port = with_defaults(port).split(":")[1]
             assert f"127.0.0.1:{host_port}" in readme, f"{name}: {port} missing from README"
 
 
@@ -276,3 +293,55 @@ def test_every_variable_given_to_the_app_is_a_setting() -> None:
     for name in ("api", "migrate", "seed"):
         for variable in services()[name]["environment"]:
             assert variable in known or variable.startswith("OTEL_"), f"{name}: {variable}"
+
+
+# --- compose.offline.yaml: the registry-free, lighter variant ---------------------------
+
+OFFLINE_FILE = REPO_ROOT / "compose.offline.yaml"
+
+
+def offline_model(tmp_path: Path) -> Any:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    command = [*compose_cli(), "-f", str(COMPOSE_FILE), "-f", str(OFFLINE_FILE)]
+    result = run_tool(
+        [*command, "--env-file", str(empty), "config", "--format", "json"], env=clean_env()
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+    return json.loads(result.stdout)
+
+
+def test_the_offline_variant_runs_api_postgres_redis_prometheus_on_local_images(
+    tmp_path: Path,
+) -> None:
+    """Without a profile it starts what can be built here from Debian packages; every
+    image is a local stand-in (parity-offline/...) or built from our Dockerfiles FROM
+    one; the collector, Jaeger and Grafana are not faked but left to a profile."""
+    model = offline_model(tmp_path)
+    assert set(model["services"]) == {"postgres", "redis", "migrate", "seed", "api", "prometheus"}
+    for name, service in model["services"].items():
+        if "build" in service:
+            assert service["build"]["args"]["PYTHON_IMAGE"].startswith("parity-offline/"), name
+        else:
+            assert service["image"].startswith("parity-offline/"), name
+    assert model["services"]["api"]["depends_on"]["otel-collector"]["required"] is False
+    for name in ("otel-collector", "jaeger", "grafana"):
+        assert name in offline_services_in_profile(tmp_path), name
+
+
+def offline_services_in_profile(tmp_path: Path) -> set[str]:
+    command = [*compose_cli(), "-f", str(COMPOSE_FILE), "-f", str(OFFLINE_FILE)]
+    result = run_tool([*command, "--profile", "observability", "config", "--services"],
+                      env=clean_env())  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.split())
+
+
+def test_the_offline_images_are_the_ones_the_kit_builds() -> None:
+    """compose.offline.yaml names exactly the images scripts/offline_images.py makes."""
+    from scripts.offline_images import IMAGES
+
+    text = OFFLINE_FILE.read_text()
+    named = set(re.findall(r"(parity-offline/[\w.-]+:[\w.-]+)", text))
+    assert named <= set(IMAGES), named - set(IMAGES)
