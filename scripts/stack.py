@@ -346,11 +346,21 @@ class NativeStack:
 # --- docker compose ----------------------------------------------------------------
 
 
+def compose_api_url() -> str:
+    """Where compose publishes the API: 127.0.0.1 and `API_PORT` (compose.yaml's
+    `${API_PORT:-8000}`, so the same variable that moved it finds it)."""
+    return f"http://127.0.0.1:{os.environ.get('API_PORT') or 8000}"
+
+
 @dataclass
 class ComposeStack:
-    """A stack started with `docker compose up`; the API published on 127.0.0.1:8000."""
+    """A stack started with `docker compose up`; the API published on 127.0.0.1.
 
-    base_url: str = "http://127.0.0.1:8000"
+    Which stack: Compose's own variables in the environment, as for any `docker compose`
+    command typed in this directory (COMPOSE_FILE, e.g. compose.yaml:compose.offline.yaml,
+    and COMPOSE_PROJECT_NAME), so a script drives the stack the user started."""
+
+    base_url: str = field(default_factory=compose_api_url)
     service: str = "api"
     project_dir: Path = REPO_ROOT
 
@@ -391,6 +401,33 @@ class ComposeStack:
 
     def start_service(self, name: str) -> None:
         self.compose("start", name)
+
+    def pause_service(self, name: str) -> None:
+        """SIGSTOP-like freeze (the cgroup freezer): its port still accepts connections
+        on the network, nothing answers, as with a hung process."""
+        self.compose("pause", name)
+
+    def unpause_service(self, name: str) -> None:
+        self.compose("unpause", name)
+
+    def stop_in_background(self, name: str) -> subprocess.Popen[bytes]:
+        """`docker compose stop NAME` without waiting for it: the stop signal now, SIGKILL
+        after the service's stop_grace_period, as a deploy does it. Unlike `kill -s TERM`,
+        a stop is not undone by the restart policy. Wait on the returned process."""
+        return subprocess.Popen(
+            ["docker", "compose", "stop", name],
+            cwd=self.project_dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def worker_pids(self) -> list[int]:
+        """Pids (inside the container) of Gunicorn's workers: the children of PID 1,
+        which the exec-form CMD makes the master; what the demo routes report as `pid`."""
+        result = self.compose(
+            "exec", "-T", self.service, "cat", "/proc/1/task/1/children", check=False
+        )
+        return [int(pid) for pid in result.stdout.split()] if result.returncode == 0 else []
 
     def recreate(self, env: Mapping[str, str], service: str | None = None) -> None:
         """Recreate one service (default: the API) with `env` set for compose's variable

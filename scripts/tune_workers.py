@@ -54,6 +54,7 @@ from scripts.stack import (
     GunicornProcess,
     NativeStack,
     StackError,
+    compose_api_url,
     delete_redis_prefix,
     drop_database,
     fetch_value,
@@ -240,11 +241,7 @@ class ComposeTarget:
 
     def master_and_worker_pids(self) -> tuple[list[int], list[int]]:
         result = self.stack.compose("top", self.stack.service, check=False)
-        pids: dict[int, int] = {}
-        for line in result.stdout.splitlines():
-            parts = line.split()
-            if len(parts) > 2 and parts[1].isdigit() and parts[2].isdigit():
-                pids[int(parts[1])] = int(parts[2])
+        pids = top_pids(result.stdout)
         masters = [pid for pid, parent in pids.items() if parent not in pids]
         workers = [pid for pid, parent in pids.items() if parent in pids]
         if not all(psutil.pid_exists(pid) for pid in pids):
@@ -284,6 +281,24 @@ class ComposeTarget:
             check=False,
         )
         return int(result.stdout.strip() or 10)
+
+
+def top_pids(text: str) -> dict[int, int]:
+    """PID -> PPID from `docker compose top`, whichever columns come first (Compose 2
+    prints a header per container, `UID PID PPID ...`; Compose 5 one table with
+    `SERVICE # UID PID PPID ...`)."""
+    pids: dict[int, int] = {}
+    columns: list[str] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if "PID" in parts and "PPID" in parts:
+            columns = parts
+            continue
+        if columns and len(parts) >= len(columns):
+            pid, ppid = parts[columns.index("PID")], parts[columns.index("PPID")]
+            if pid.isdigit() and ppid.isdigit():
+                pids[int(pid)] = int(ppid)
+    return pids
 
 
 # --- sampling during a measurement ---------------------------------------------------------
@@ -743,8 +758,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--url",
-        default="http://127.0.0.1:8000",
-        help="--compose: the published API (default http://127.0.0.1:8000)",
+        help="--compose: the published API (default http://127.0.0.1:$API_PORT, or :8000)",
     )
     parser.add_argument("--compose-db-service", default="postgres", help=argparse.SUPPRESS)
     # compose.yaml's POSTGRES_USER (tests/test_deploy_compose.py keeps them equal).
@@ -759,7 +773,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_target(args: argparse.Namespace) -> Target:
     if args.compose:
         return ComposeTarget(
-            base_url=args.url, db_service=args.compose_db_service, db_user=args.compose_db_user
+            base_url=args.url or compose_api_url(),
+            db_service=args.compose_db_service,
+            db_user=args.compose_db_user,
         )
     return NativeTarget(
         database_url=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),

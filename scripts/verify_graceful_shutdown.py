@@ -30,6 +30,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -51,6 +52,7 @@ from scripts.stack import (
     NativeStack,
     StackError,
     child_pids,
+    compose_api_url,
     iter_json_lines,
 )
 
@@ -61,7 +63,8 @@ SLOW_PATH = "/api/v1/demo/slow"
 FAST_PATH = f"{SLOW_PATH}?ms=0"
 CUT_OFF_TYPE = "urn:parity:problem:shutting-down"
 # Outcomes that are not a lost request: a completed response, or a connection the server
-# never accepted (only expected after TERM, once the listener has closed).
+# never accepted, refused or timed out while connecting (only expected after TERM, once
+# the listener has closed).
 OK, REFUSED = "ok", "refused"
 FAILURE_KINDS = {
     "reset": "connection reset or closed before the response",
@@ -122,6 +125,10 @@ def classify_error(exc: Exception) -> str:
     if isinstance(exc, httpx.ConnectError):
         cause = os_error_of(exc)
         return REFUSED if cause is not None and cause.errno == errno.ECONNREFUSED else "other"
+    if isinstance(exc, httpx.ConnectTimeout):
+        # Never accepted either: no TCP handshake completed. Seen once a container has
+        # stopped, when its address on the Docker network answers nothing at all.
+        return REFUSED
     if isinstance(exc, httpx.TimeoutException):
         return "timeout"
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
@@ -320,15 +327,22 @@ class PidTarget:
 
 
 class ComposeTarget:
-    """The `api` service of a running `docker compose up`."""
+    """The `api` service of a running `docker compose up`. TERM goes the way a deploy
+    sends it, `docker compose stop` (SIGTERM, then SIGKILL after stop_grace_period): a
+    bare `kill -s TERM` would have the restart policy start the container again at
+    once. HUP is `docker compose kill -s HUP`."""
 
     def __init__(self, base_url: str) -> None:
         self.stack = ComposeStack(base_url=base_url)
         self.base_url = base_url
         self.description = f"docker compose service {self.stack.service!r} at {base_url}"
+        self._stopping: subprocess.Popen[bytes] | None = None
 
     def send_signal(self, sig: signal.Signals) -> None:
-        self.stack.send_signal(sig)  # docker compose kill -s SIG... api
+        if sig == signal.SIGTERM:
+            self._stopping = self.stack.stop_in_background(self.stack.service)
+        else:
+            self.stack.send_signal(sig)
 
     def running(self) -> bool:
         return self.stack.service_state()[0] == "running"
@@ -341,10 +355,11 @@ class ComposeTarget:
         return list(iter_json_lines(self.stack.logs()))
 
     def worker_pids(self) -> set[int]:
-        return set()  # inside the container: told by the logs instead
+        return set(self.stack.worker_pids())
 
     def close(self) -> None:
-        pass
+        if self._stopping is not None:
+            self._stopping.wait(timeout=120)
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -629,7 +644,7 @@ def render(report: dict[str, Any], description: str) -> str:
         if report["signal"] == "TERM"
         else "must be 0 on reload"
     )
-    lines.append(f"  refused new connections       {r['refused']} ({refused_note})")
+    lines.append(f"  not accepted (refused)        {r['refused']} ({refused_note})")
     if t["drain_seconds_max"] is not None:
         lines.append(f"  drain (longest worker)        {t['drain_seconds_max']:.2f} s")
     if t["last_in_flight_request_done_seconds"] is not None:
@@ -679,7 +694,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where.add_argument("--native", action="store_true", help="start Gunicorn here (stack.py)")
     where.add_argument("--compose", action="store_true", help="the running compose stack")
     where.add_argument("--pid", type=int, help="signal this running Gunicorn master")
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="with --pid/--compose")
+    parser.add_argument(
+        "--url", help="with --pid/--compose (default http://127.0.0.1:$API_PORT, or :8000)"
+    )
     parser.add_argument("--log-file", type=Path, help="with --pid: its log, for the phases")
     parser.add_argument("--signal", choices=["TERM", "HUP"], default="TERM")
     parser.add_argument("--clients", type=int, default=300, help="concurrent clients (300)")
@@ -736,9 +753,10 @@ def native_env(args: argparse.Namespace) -> dict[str, str]:
 def make_target(args: argparse.Namespace) -> Target:
     if args.native:
         return NativeTarget(args.workers, native_env(args), products=100)
+    url = args.url or compose_api_url()
     if args.compose:
-        return ComposeTarget(args.url)
-    return PidTarget(args.pid, args.url, args.log_file)
+        return ComposeTarget(url)
+    return PidTarget(args.pid, url, args.log_file)
 
 
 def check_target(base_url: str, fast_path: str) -> None:
