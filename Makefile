@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help venv services run test lint audit format lock clean dashboards verify-dashboards tools smoke up down logs verify-shutdown
+.PHONY: help venv services run test lint audit format lock clean dashboards verify-dashboards tools images-offline e2e up up-offline down logs verify-shutdown
 
 .PHONY: loadtest tune demo
 
@@ -58,14 +58,20 @@ dashboards: venv ## regenerate observability/grafana/dashboards/*.json from scri
 verify-dashboards: venv services ## every dashboard/rule expression has data (native Gunicorn + Prometheus)
 	$(BIN)/python scripts/verify_dashboards.py --native
 
-tools: ## install the deploy-check tools: Compose CLI (own venv), podman & co (apt)
+tools: ## install the deploy tools: Compose CLI as the docker plugin, debootstrap
 	PYTHON=$(PYTHON) scripts/install_deploy_tools.sh
 
-smoke: venv ## build the Dockerfile with podman (offline stand-in base) and check the image runs
-	$(BIN)/python scripts/podman_smoke.py
+images-offline: venv tools ## build the local stand-in images compose.offline.yaml runs (no registry)
+	$(BIN)/python scripts/offline_images.py
+
+e2e: venv tools ## the compose stack end to end on the real engine (offline images); CI runs it
+	$(BIN)/python scripts/compose_e2e.py
 
 up: ## docker compose: build, start the whole stack, wait until every service is healthy
 	$(COMPOSE) up --detach --build --wait && $(COMPOSE) ps
+
+up-offline: images-offline ## docker compose without a registry: API, Postgres, Redis, Prometheus
+	COMPOSE_FILE=compose.yaml:compose.offline.yaml $(COMPOSE) up --detach --build --wait && COMPOSE_FILE=compose.yaml:compose.offline.yaml $(COMPOSE) ps
 
 down: ## docker compose: stop and remove the stack (data volumes are kept)
 	$(COMPOSE) down --remove-orphans

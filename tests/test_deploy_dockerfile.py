@@ -2,7 +2,7 @@
 this project (the base is overridable and pinned, Gunicorn is PID 1, the health check
 needs no curl, the build context is an allow-list that covers every COPY).
 
-The image is also built and run for real by `make smoke` (scripts/podman_smoke.py)."""
+The image is also built and run for real by `make e2e` (scripts/compose_e2e.py)."""
 
 from __future__ import annotations
 

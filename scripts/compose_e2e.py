@@ -1,0 +1,610 @@
+"""The Docker path end to end: `docker compose up` on the real engine, then the checks of
+docs/compose.md ("What the end-to-end run proves") against the running containers.
+
+    python scripts/compose_e2e.py            # make e2e (CI's `compose e2e` step)
+    python scripts/compose_e2e.py --keep     # leave the stack running afterwards
+    python scripts/compose_e2e.py --json
+
+It builds the offline images (scripts/offline_images.py; cached), starts compose.yaml
+with compose.offline.yaml as project `parity-e2e` on free loopback ports (a stack of
+your own on :8000 is left alone), and runs, in this order:
+
+ 1. the api image: non-root numeric USER, exec-form CMD, HEALTHCHECK, no compiler/pip;
+ 2. `up --wait`: migrate and seed exited 0, every long-running service healthy;
+ 3. through the published port: a product MISS then HIT (Postgres and Redis reached
+    from the containers), bad input answered with problem+json, every process uid 10001,
+    the health check failing when nothing answers;
+ 4. the Prometheus container: the api target up, a request counter exact after N;
+ 5. scripts/verify_graceful_shutdown.py --compose: TERM with >= 200 requests in flight
+    (0 accepted requests lost, exit 0 inside stop_grace_period), then HUP;
+ 6. scripts/verify_rate_limit.py --compose: exact quota per client through the port;
+ 7. scripts/tune_workers.py --compose with 2 worker counts: table, plot, recommendation;
+ 8. scripts/chaos.py --compose: Postgres stopped, Redis stopped and paused, recovery;
+ 9. `docker compose down -v`: no container, volume or network of the project left.
+
+A summary table (check, result, figure) ends the run. Exit status: 0 every check passed;
+1 a check failed; 3 NOT RUN: no Docker engine reachable here (nothing was checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python scripts/compose_e2e.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+
+from scripts.offline_images import BuildError, KitUnavailable, engine_reachable, ensure_images
+from scripts.prometheus_native import PrometheusAPI
+from scripts.stack import REPO_ROOT, StackError, child_pids, free_port, iter_json_lines
+
+EXIT_OK, EXIT_FAILED, EXIT_NOT_RUN = 0, 1, 3
+PROJECT = "parity-e2e"
+COMPOSE_FILES = "compose.yaml:compose.offline.yaml"
+API_IMAGE = "parity-api:local"
+APP_UID = 10001
+STOP_GRACE_SECONDS = 40  # compose.yaml's api stop_grace_period
+LONG_RUNNING = ("postgres", "redis", "api", "prometheus")
+ONE_SHOTS = ("migrate", "seed")
+MISSING_PRODUCT = 2**62  # a valid id that is never seeded: 404
+# The shutdown proof needs the slow demo route and no limiter (300 clients from one
+# address); the chaos run keeps the limiter on (its fail-open is part of the run) with a
+# quota one load generator cannot reach.
+SHUTDOWN_ENV = {"DEMO_ENDPOINTS_ENABLED": "true", "RATE_LIMIT_ENABLED": "false"}
+CHAOS_ENV = {"RATE_LIMIT_DEFAULT": "1000000/60s"}
+
+
+class CheckFailed(Exception):
+    """A check failed; the message says what was seen."""
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    figure: str
+    seconds: float
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    outcome: str = "passed"  # passed | failed | not-run
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "passed" and all(check.ok for check in self.checks)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- docker and compose --------------------------------------------------------------
+
+
+def run(command: list[str], *, timeout: float = 600, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run a command from the repository root with this run's compose variables."""
+    result = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        output = (result.stdout + result.stderr).strip().splitlines()
+        raise CheckFailed(f"`{' '.join(command[:4])} …` exited {result.returncode}:\n"
+                          + "\n".join(output[-25:]))  # fmt: skip
+    return result
+
+
+def compose(*args: str, timeout: float = 600, env: dict[str, str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    return run(["docker", "compose", *args], timeout=timeout, env=env, check=check)
+
+
+def compose_ps() -> dict[str, dict[str, Any]]:
+    """Service name -> its container's `docker compose ps` entry (stopped ones too)."""
+    out = compose("ps", "--all", "--format", "json").stdout.strip()
+    try:
+        parsed = json.loads(out) if out else []
+    except ValueError:  # one JSON object per line (Compose >= 2.21)
+        parsed = [json.loads(line) for line in out.splitlines() if line.strip()]
+    entries = parsed if isinstance(parsed, list) else [parsed]
+    return {entry["Service"]: entry for entry in entries}
+
+
+def container_id(service: str) -> str:
+    found = compose("ps", "--quiet", service).stdout.split()
+    if not found:
+        raise CheckFailed(f"no running container for {service}")
+    return found[0]
+
+
+def container_address(service: str) -> str:
+    """The service container's address on the project's own network."""
+    template = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
+    out = run(["docker", "inspect", "--format", template, container_id(service)]).stdout
+    addresses = out.split()
+    if not addresses:
+        raise CheckFailed(f"{service} has no address on a network")
+    return addresses[0]
+
+
+def recreate_api(env: dict[str, str]) -> None:
+    """Recreate only the api with `env` for compose's interpolation; wait until healthy."""
+    compose("up", "--detach", "--no-deps", "--force-recreate", "--wait", "api", env=env)
+
+
+def project_leftovers() -> dict[str, list[str]]:
+    label = f"label=com.docker.compose.project={PROJECT}"
+    found = {
+        "containers": run(["docker", "ps", "--all", "--quiet", "--filter", label]).stdout,
+        "volumes": run(["docker", "volume", "ls", "--quiet", "--filter", label]).stdout,
+        "networks": run(["docker", "network", "ls", "--quiet", "--filter", label]).stdout,
+    }
+    return {kind: out.split() for kind, out in found.items() if out.split()}
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+class E2E:
+    def __init__(self, report: Report, results: Path) -> None:
+        self.report = report
+        self.results = results
+        self.api_port = free_port()
+        self.prometheus_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.api_port}"
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        say(f"▶ {name}")
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.report.timings[name] = round(time.monotonic() - started, 1)
+
+    def check(self, name: str, probe: Callable[[], str]) -> bool:
+        """Run one check: `probe` returns its figure or raises CheckFailed."""
+        started = time.monotonic()
+        try:
+            figure, ok = probe(), True
+        except (CheckFailed, StackError, httpx.HTTPError, subprocess.TimeoutExpired) as exc:
+            figure, ok = f"{type(exc).__name__}: {exc}", False
+        self.report.checks.append(Check(name, ok, figure, round(time.monotonic() - started, 1)))
+        first = figure.splitlines()[0] if figure else ""
+        say(f"  {'✔' if ok else '✘'} {name}: {first}")
+        if not ok and "\n" in figure:
+            say("    " + figure.replace("\n", "\n    "))
+        return ok
+
+    def environment(self) -> None:
+        """Compose's own variables: every `docker compose` below, and in the scripts this
+        run starts, addresses this project."""
+        os.environ.update(
+            COMPOSE_FILE=COMPOSE_FILES,
+            COMPOSE_PROJECT_NAME=PROJECT,
+            API_PORT=str(self.api_port),
+            PROMETHEUS_PORT=str(self.prometheus_port),
+        )
+
+    # 1. the image ------------------------------------------------------------------
+    def image_checks(self) -> None:
+        inspect = json.loads(run(["docker", "image", "inspect", API_IMAGE]).stdout)[0]
+        config = inspect["Config"]
+
+        def metadata() -> str:
+            problems = []
+            if config.get("User") != f"{APP_UID}:{APP_UID}":
+                problems.append(f"USER {config.get('User')!r}")
+            if config.get("Cmd") != ["gunicorn", "app.main:app", "-c", "gunicorn.conf.py"]:
+                problems.append(f"CMD {config.get('Cmd')}")
+            if config.get("Entrypoint"):
+                problems.append(f"ENTRYPOINT {config.get('Entrypoint')}")
+            test = (config.get("Healthcheck") or {}).get("Test") or []
+            if test[:1] != ["CMD"] or {"curl", "wget"} & set(test):
+                problems.append(f"HEALTHCHECK {test}")
+            if config.get("StopSignal") != "SIGTERM":
+                problems.append(f"STOPSIGNAL {config.get('StopSignal')}")
+            if problems:
+                raise CheckFailed("; ".join(problems))
+            size = inspect["Size"] / 1e6
+            return f"USER {APP_UID}, exec-form CMD, HEALTHCHECK exec form, SIGTERM; {size:.0f} MB"
+
+        def content() -> str:
+            script = (
+                "import importlib.util, json, os, shutil; print(json.dumps({"
+                "'tools': [t for t in ('gcc', 'cc', 'make', 'curl', 'wget') if shutil.which(t)],"
+                "'pip': importlib.util.find_spec('pip') is not None,"
+                "'strays': [p for p in ('tests', '.git', '.env', 'compose.yaml')"
+                " if os.path.exists(p)]}))"
+            )
+            out = run(["docker", "run", "--rm", "--network=none", API_IMAGE, "python", "-c",
+                       script]).stdout  # fmt: skip
+            found = json.loads(out)
+            if found["tools"] or found["pip"] or found["strays"]:
+                raise CheckFailed(f"in the runtime image: {found}")
+            return "no compiler, curl, wget or pip; no tests, .git or .env (.dockerignore)"
+
+        self.check("api image metadata", metadata)
+        self.check("api image content", content)
+
+    # 2. up ---------------------------------------------------------------------------
+    def up_checks(self) -> bool:
+        def up() -> str:
+            started = time.monotonic()
+            compose("up", "--detach", "--wait", "--wait-timeout", "240", timeout=300)
+            return f"every service up and healthy in {time.monotonic() - started:.0f} s"
+
+        if not self.check("docker compose up --wait", up):
+            return False
+
+        def states() -> str:
+            entries = compose_ps()
+            problems = []
+            for name in ONE_SHOTS:
+                entry = entries.get(name, {})
+                if entry.get("State") != "exited" or entry.get("ExitCode") != 0:
+                    problems.append(f"{name}: {entry.get('State')} {entry.get('ExitCode')}")
+            for name in LONG_RUNNING:
+                health = entries.get(name, {}).get("Health")
+                if health != "healthy":
+                    problems.append(f"{name}: {health}")
+            extra = set(entries) - set(ONE_SHOTS) - set(LONG_RUNNING)
+            if extra:
+                problems.append(f"unexpected services {sorted(extra)}")
+            if problems:
+                raise CheckFailed("; ".join(problems))
+            return f"migrate, seed exited 0; {', '.join(LONG_RUNNING)} healthy"
+
+        return self.check("one-shots exited 0, services healthy", states)
+
+    # 3. the api through the published port ---------------------------------------------
+    def api_checks(self) -> None:
+        def cache() -> str:
+            seen = []
+            for _ in range(2):
+                response = httpx.get(f"{self.base_url}/api/v1/products/4242", timeout=10)
+                if response.status_code != 200:
+                    raise CheckFailed(f"{response.status_code} {response.text[:200]}")
+                seen.append(response.headers.get("x-cache"))
+            if seen != ["MISS", "HIT"]:
+                raise CheckFailed(f"X-Cache {seen}, expected MISS then HIT")
+            return "GET /api/v1/products/4242: X-Cache MISS, then HIT"
+
+        def problem() -> str:
+            response = httpx.get(f"{self.base_url}/api/v1/products/not-a-number", timeout=10)
+            body = response.json()
+            if (
+                response.status_code != 422
+                or response.headers.get("content-type") != "application/problem+json"
+                or "type" not in body
+            ):
+                raise CheckFailed(f"{response.status_code} {response.headers} {body}")
+            return f"GET /api/v1/products/not-a-number: 422 problem+json {body['type']}"
+
+        def uids() -> str:
+            template = "{{.State.Pid}}"
+            pid = int(run(["docker", "inspect", "--format", template, container_id("api")]).stdout)
+            found = {p: process_uid(p) for p in (pid, *child_pids(pid))}
+            if len(found) < 3 or set(found.values()) != {APP_UID}:
+                raise CheckFailed(f"uids {found}: expected {APP_UID}, master + 2 workers")
+            return f"master + {len(found) - 1} workers, all uid {APP_UID}"
+
+        def health_fails() -> str:
+            result = compose("exec", "-T", "-e", "GUNICORN_BIND=127.0.0.1:1", "api",
+                             "python", "-m", "app.healthcheck", check=False)  # fmt: skip
+            if result.returncode == 0:
+                raise CheckFailed("the health check passed against a closed port")
+            return f"exit {result.returncode} against a closed port"
+
+        self.check("product read MISS then HIT", cache)
+        self.check("bad input gets problem+json", problem)
+        self.check("api processes run as uid 10001", uids)
+        self.check("health check fails when nothing answers", health_fails)
+
+    # 4. Prometheus -------------------------------------------------------------------
+    def prometheus_checks(self) -> None:
+        prometheus = PrometheusAPI(f"http://127.0.0.1:{self.prometheus_port}")
+        query = (
+            'sum(http_server_request_duration_seconds_count{job="api", '
+            'http_route="/api/v1/products/{product_id}", http_response_status_code="404"})'
+        )
+
+        def value() -> float:
+            found = prometheus.query(query)
+            return float(found[0]["value"][1]) if found else 0.0
+
+        def target_up() -> str:
+            prometheus.wait_for_scrape("api", after=time.time(), timeout=60)
+            (target,) = [t for t in prometheus.targets() if t["labels"]["job"] == "api"]
+            return f"job api: {target['scrapeUrl']} {target['health']}"
+
+        def exact() -> str:
+            before = value()
+            sent = 37
+            key = {"X-API-Key": f"e2e-{uuid.uuid4().hex}"}
+            with httpx.Client(base_url=self.base_url, headers=key, timeout=10) as client:
+                statuses = {client.get(f"/api/v1/products/{MISSING_PRODUCT}").status_code
+                            for _ in range(sent)}  # fmt: skip
+            if statuses != {404}:
+                raise CheckFailed(f"statuses {statuses}, expected 404")
+            prometheus.wait_for_scrape("api", after=time.time(), timeout=60)
+            after = value()
+            if after - before != sent:
+                raise CheckFailed(f"counter went {before:g} -> {after:g}, sent {sent}")
+            return f"{sent} requests sent, counter +{after - before:g} (all workers, one scrape)"
+
+        try:
+            self.check("Prometheus scrapes the api", target_up)
+            self.check("request counter exact", exact)
+        finally:
+            prometheus.close()
+
+    # 5-8. the scripts' --compose modes --------------------------------------------------
+    def script(self, args: list[str], timeout: float) -> tuple[int, Any]:
+        """Run a verification script as a user would; its JSON report from stdout."""
+        result = subprocess.run(
+            [sys.executable, *args, "--json"],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        try:
+            data = json.loads(result.stdout)
+        except ValueError:
+            raise CheckFailed(
+                f"{args[0]} exited {result.returncode} without a JSON report:\n"
+                + result.stdout[-2000:]
+            ) from None
+        return result.returncode, data
+
+    def shutdown_checks(self) -> None:
+        recreate_api(SHUTDOWN_ENV)
+
+        def term() -> str:
+            # The container's own address on the project network, not the published
+            # port: docker-proxy accepts a connection before it knows whether the api
+            # still listens, so a refusal after the listener closed would reach the
+            # client as a reset (docs/compose.md, "Signals through published ports").
+            url = f"http://{container_address('api')}:8000"
+            code, data = self.script(
+                ["scripts/verify_graceful_shutdown.py", "--compose", "--url", url,
+                 "--signal", "TERM", "--quiet"], timeout=180)  # fmt: skip
+            requests, timings = data["requests"], data["timings"]
+            exit_after = (
+                data["phases"].get("master_exit_at") or timings["signal_to_master_exit_seconds"]
+            )
+            problems = list(data["verdict"]["reasons"])
+            if requests["in_flight_at_signal"] < 200:
+                problems.append(f"only {requests['in_flight_at_signal']} in flight")
+            if exit_after is None or exit_after > STOP_GRACE_SECONDS:
+                problems.append(f"exit after {exit_after} s (grace {STOP_GRACE_SECONDS} s)")
+            if code != 0 or problems:
+                raise CheckFailed(f"exit {code}: {'; '.join(problems)}")
+            return (
+                f"{requests['in_flight_at_signal']} in flight at SIGTERM, "
+                f"{requests['completed_ok']} OK, {requests['lost']} lost, "
+                f"{requests['refused']} refused after the listener closed; "
+                f"exit {data['exit_code']} {exit_after:.1f} s after the signal"
+            )
+
+        def hup() -> str:
+            url = f"http://{container_address('api')}:8000"
+            code, data = self.script(
+                ["scripts/verify_graceful_shutdown.py", "--compose", "--url", url,
+                 "--signal", "HUP", "--quiet"], timeout=180)  # fmt: skip
+            requests, reload = data["requests"], data["reload"]
+            if code != 0:
+                raise CheckFailed(f"exit {code}: {'; '.join(data['verdict']['reasons'])}")
+            return (
+                f"{requests['in_flight_at_signal']} in flight, {requests['lost']} lost, "
+                f"{requests['refused']} refused; workers {reload['old_workers']} -> "
+                f"{reload['answered_by_at_the_end']}"
+            )
+
+        self.check("SIGTERM under load loses nothing", term)
+        # `docker compose stop` left the container exited: start it again (same env).
+        recreate_api(SHUTDOWN_ENV)
+        self.check("SIGHUP under load: reload without failing", hup)
+
+    def rate_limit_check(self) -> None:
+        recreate_api({})
+
+        def exact() -> str:
+            code, data = self.script(["scripts/verify_rate_limit.py", "--compose"], timeout=180)
+            if code != 0:
+                raise CheckFailed("; ".join(data.get("deviations", [])) or f"exit {code}")
+            policy = data["policy"]
+            allowed = [identity["allowed"] for identity in data["identities"]]
+            return (
+                f"policy {policy['quota']}/{policy['window']}s: allowed {allowed} for "
+                f"{len(allowed)} clients (spoofed X-Forwarded-For included); "
+                f"the api saw clients as {self.seen_clients()}"
+            )
+
+        self.check("rate limit exact through the published port", exact)
+
+    def seen_clients(self) -> str:
+        """The client addresses the api's access log recorded (docker-proxy's, here)."""
+        logs = compose("logs", "--no-color", "--no-log-prefix", "api").stdout
+        clients = {r["client"] for r in iter_json_lines(logs) if r.get("client")}
+        return ", ".join(sorted(clients)) or "unknown"
+
+    def tune_check(self) -> None:
+        def sweep() -> str:
+            out = self.results / "tune"
+            code, data = self.script(
+                ["scripts/tune_workers.py", "--compose", "--workers", "1,2", "--duration",
+                 "8", "--warmup", "2", "--users", "8", "--out", str(out)], timeout=300)  # fmt: skip
+            if code != 0:
+                raise CheckFailed(f"exit {code}")
+            points = data["points"]
+            written = Path(data["results"])
+            missing = [n for n in ("sweep.md", "sweep.png", "sweep.csv")
+                       if not (written / n).is_file()]  # fmt: skip
+            if [p["workers"] for p in points] != [1, 2] or missing:
+                raise CheckFailed(f"points {points}, missing {missing}")
+            # The server's processes are on this host: their figures must be there.
+            unseen = [p["workers"] for p in points if not p["rss_mib_per_worker"]]
+            if unseen:
+                raise CheckFailed(f"no CPU/RSS figures for {unseen} workers (docker compose top)")
+            rps = ", ".join(f"{p['workers']}w {p['rps']:.0f} req/s p95 {p['p95_ms']:g} ms"
+                            for p in points)  # fmt: skip
+            choice = data["recommendation"]["workers"]
+            return f"{rps}; recommends {choice}; {written}/sweep.png"
+
+        self.check("tune_workers sweeps 2 worker counts", sweep)
+        recreate_api({})  # back to the compose default worker count
+
+    def chaos_check(self) -> None:
+        recreate_api(CHAOS_ENV)
+
+        def outages() -> str:
+            code, data = self.script(
+                ["scripts/chaos.py", "--compose", "--phase-seconds", "4", "--plot",
+                 str(self.results / "chaos.png")], timeout=240)  # fmt: skip
+            failed = [f"{p['name']}: {p['failures']}" for p in data if not p["ok"]]
+            if code != 0 or failed:
+                raise CheckFailed(f"exit {code}: {failed}")
+            return "; ".join(
+                f"{p['name']} {p['requests']} req p95 {p['p95_ms']:g} ms "
+                + "/".join(f"{k}:{v}" for k, v in p["by_status"].items())
+                for p in data
+            )
+
+        self.check("outages: Postgres, Redis stopped and paused", outages)
+
+    # 9. down -------------------------------------------------------------------------
+    def down_check(self) -> None:
+        def nothing_left() -> str:
+            compose("down", "--volumes", "--remove-orphans", timeout=180)
+            left = project_leftovers()
+            if left:
+                raise CheckFailed(f"left behind: {left}")
+            return "no container, volume or network of the project left"
+
+        self.check("docker compose down -v leaves nothing", nothing_left)
+
+
+def process_uid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise CheckFailed(f"no Uid line for pid {pid}")
+
+
+def execute(e2e: E2E, keep: bool) -> None:
+    e2e.environment()
+    with e2e.phase("offline images"):
+        try:
+            results = ensure_images(progress=say)
+        except (KitUnavailable, BuildError) as exc:
+            raise CheckFailed(f"offline images: {exc}") from exc
+        built = [r.image for r in results if r.state == "built"]
+        say(f"  {len(results)} images ready, built now: {', '.join(built) or 'none'}")
+    try:
+        with e2e.phase("build"):
+            compose("build", timeout=1800)
+        with e2e.phase("image"):
+            e2e.image_checks()
+        with e2e.phase("up"):
+            if not e2e.up_checks():
+                say(compose("logs", "--no-color", "--tail", "40", check=False).stdout)
+                return
+        with e2e.phase("api"):
+            e2e.api_checks()
+        with e2e.phase("prometheus"):
+            e2e.prometheus_checks()
+        with e2e.phase("shutdown"):
+            e2e.shutdown_checks()
+        with e2e.phase("rate limit"):
+            e2e.rate_limit_check()
+        with e2e.phase("tune"):
+            e2e.tune_check()
+        with e2e.phase("chaos"):
+            e2e.chaos_check()
+    finally:
+        if not keep:
+            with e2e.phase("down"):
+                e2e.down_check()
+
+
+def print_summary(report: Report) -> None:
+    print("\ncompose e2e: the Docker path on the real engine (compose.yaml + compose.offline.yaml)")
+    if report.outcome == "not-run":
+        print(f"NOT RUN: {report.reason}")
+        return
+    print(f"| {'check':<46} | result | figure")
+    print(f"|{'-' * 48}|--------|-------")
+    for check in report.checks:
+        first = check.figure.splitlines()[0] if check.figure else ""
+        print(f"| {check.name:<46} | {'PASS' if check.ok else 'FAIL':<6} | {first}")
+    if report.reason:
+        print(f"ERROR: {report.reason}")
+    timings = ", ".join(f"{name} {seconds:g}s" for name, seconds in report.timings.items())
+    print(f"time: {timings}; total {sum(report.timings.values()):.0f}s")
+    passed = sum(check.ok for check in report.checks)
+    print(f"compose e2e: {passed} of {len(report.checks)} checks passed")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python scripts/compose_e2e.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="Exit status: 0 passed, 1 a check failed, 3 NOT RUN (no Docker engine).",
+    )
+    parser.add_argument("--keep", action="store_true", help="leave the stack running")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--results", type=Path, default=REPO_ROOT / "results" / "compose-e2e",
+        help="where the tune and chaos plots go (default results/compose-e2e)",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = Report()
+    if reason := engine_reachable():
+        report.outcome, report.reason = "not-run", reason
+    else:
+        args.results.mkdir(parents=True, exist_ok=True)
+        try:
+            execute(E2E(report, args.results), args.keep)
+        except (CheckFailed, StackError, subprocess.TimeoutExpired) as exc:
+            report.outcome, report.reason = "failed", str(exc)
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+    else:
+        print_summary(report)
+    if report.outcome == "not-run":
+        say(f"compose e2e NOT RUN: {report.reason}")
+        return EXIT_NOT_RUN
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
