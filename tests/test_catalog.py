@@ -167,6 +167,9 @@ async def test_last_page_has_no_cursor(client: httpx.AsyncClient) -> None:
     [
         {"cursor": "not-a-cursor"},
         {"cursor": "aWQ6LTE"},
+        # Forged: "id:²" (a digit to str.isdigit(), not to int()) and an id beyond bigint.
+        {"cursor": "aWQ6wrI"},
+        {"cursor": "aWQ6OTIyMzM3MjAzNjg1NDc3NTgwOA"},
         {"limit": 0},
         {"limit": 101},
         {"limit": "x"},

@@ -80,6 +80,9 @@ class ProductPage(BaseModel):
     )
 
 
+MAX_ID = 2**63 - 1  # Postgres bigint
+
+
 class InvalidCursor(ValueError):
     pass
 
@@ -95,6 +98,8 @@ def decode_cursor(cursor: str) -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidCursor("cursor is not valid") from exc
     kind, _, value = raw.partition(":")
-    if kind != "id" or not value.isdigit() or len(value) > 19:
+    # isascii(): str.isdigit() also accepts "²" and other digits int() refuses; the
+    # bound keeps the id a Postgres bigint.
+    if kind != "id" or not (value.isascii() and value.isdigit()) or int(value) > MAX_ID:
         raise InvalidCursor("cursor is not valid")
     return int(value)
