@@ -345,3 +345,9 @@ def test_the_offline_images_are_the_ones_the_kit_builds() -> None:
     text = OFFLINE_FILE.read_text()
     named = set(re.findall(r"(parity-offline/[\w.-]+:[\w.-]+)", text))
     assert named <= set(IMAGES), named - set(IMAGES)
+
+
+def test_the_default_database_and_grafana_passwords_differ() -> None:
+    """One leaked default must not open both (issue 18): distinct committed values."""
+    example = env_example()
+    assert example["POSTGRES_PASSWORD"] != example["GRAFANA_ADMIN_PASSWORD"]
