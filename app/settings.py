@@ -94,7 +94,9 @@ class Settings(BaseSettings):
     MAX_REQUEST_HEADER_BYTES: int = Field(32_768, ge=1024, le=1_048_576)
 
     # --- Gunicorn (read by gunicorn.conf.py) ----------------------------------------
-    GUNICORN_BIND: str = "0.0.0.0:8000"
+    # Loopback natively: the writable API and /docs are not open to the network. The image
+    # sets 0.0.0.0:8000 in its environment (a container is reached through its ports).
+    GUNICORN_BIND: str = "127.0.0.1:8000"
     # None: one worker per CPU actually available to the process (see app/worker.py).
     GUNICORN_WORKERS: int | None = Field(None, ge=1, le=256)
     GUNICORN_TIMEOUT: int = Field(30, ge=1, le=3600)

@@ -496,7 +496,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             command.add_argument(
                 "--workers", type=int, help="default: GUNICORN_WORKERS or one per CPU"
             )
-            command.add_argument("--bind", help="default: GUNICORN_BIND or 0.0.0.0:8000")
+            command.add_argument("--bind", help="default: GUNICORN_BIND or 127.0.0.1:8000")
     return parser.parse_args(argv)
 
 

@@ -19,7 +19,7 @@ def test_defaults_describe_a_local_stack(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.DATABASE_URL == "postgresql+asyncpg://postgres@127.0.0.1:5432/app"
-    assert settings.GUNICORN_BIND == "0.0.0.0:8000"
+    assert settings.GUNICORN_BIND == "127.0.0.1:8000"
     assert settings.GUNICORN_WORKERS is None
     assert "*" not in settings.FORWARDED_ALLOW_IPS
     assert settings.CORS_ALLOW_ORIGINS == []
