@@ -245,6 +245,21 @@ def test_bad_locust_option_names_the_value() -> None:
     assert "--think-time must be a number, got 'soon'" in process.stderr
 
 
+def test_a_headless_run_with_no_api_fails_at_once_naming_the_host() -> None:
+    """1. nothing listens on the port  2. `locust --headless --run-time 2m`
+    -> exit 1 within seconds, saying no API answers there (not 2 minutes of failures)."""
+    host = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    process = subprocess.run(
+        [sys.executable, "-m", "locust", "--config", str(LOCUST_CONF), "--headless",
+         "--host", host, "--run-time", "2m"],
+        cwd=REPO_ROOT, env=locust_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert process.returncode == 1
+    assert f"no API answers at {host}" in process.stderr
+    assert time.monotonic() - started < 30
+
+
 # --- scripts/tune_workers.py -------------------------------------------------------------
 
 
