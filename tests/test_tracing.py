@@ -305,6 +305,34 @@ def test_an_absent_collector_costs_a_counter_and_a_few_lines_never_a_request(
     assert len(telemetry_lines) <= 12, [r["message"][:100] for r in telemetry_lines]
 
 
+def test_no_collector_is_said_once_at_start_and_costs_the_shutdown_nothing(
+    native_stack: NativeStack, gunicorn: Callable[..., GunicornProcess]
+) -> None:
+    """The native stack has no collector (issue 17, item 4):
+    1. two workers start with the OTLP endpoint on a port nobody listens on
+    -> each says so once at start
+    2. a few traced requests, SIGTERM before any export was tried
+    -> the lifespan shutdown does not spend its flush share (2 s) on retries."""
+    server = gunicorn(
+        workers=2,
+        env={
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+            "OTEL_TRACES_SAMPLER": "always_on",
+        },
+    )
+    with httpx.Client(base_url=server.base_url) as client:
+        for _ in range(5):
+            assert client.get("/api/v1/products", params={"limit": 1}).status_code == 200
+    assert server.stop() == 0
+    records = server.log_records()
+    said = [r for r in records if "no OpenTelemetry collector answers" in r["message"]]
+    assert len(said) == 2, [r["message"] for r in said]
+    shutdowns = [r for r in records if r.get("shutdown_phase") == "lifespan_shutdown"]
+    assert len(shutdowns) == 2
+    assert all(r["phase_seconds"] < 1.0 for r in shutdowns), shutdowns
+
+
 def _export_errors(client: httpx.Client) -> float:
     samples = parse_metrics(client.get("/metrics").text)
     return sample_sum(samples, "dependency_errors_total", dependency="otel-collector")

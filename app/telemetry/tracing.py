@@ -35,6 +35,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -146,6 +147,13 @@ def _start(settings: Settings) -> Tracing:
     otlp = _exporter()
     exporter = _ReportingExporter(otlp) if otlp is not None else None
     if exporter is not None:
+        exporter.reachable = _collector_answers(exporter.endpoint)
+        if not exporter.reachable:
+            logger.warning(
+                "no OpenTelemetry collector answers at %s: spans are dropped until one "
+                "does (OTEL_SDK_DISABLED=true turns tracing off)",
+                exporter.endpoint,
+            )
         provider.add_span_processor(BatchSpanProcessor(exporter))
     # Global too, so `trace.get_tracer(__name__)` in application code joins our traces.
     # The first provider in a process wins (the only one, under Gunicorn).
@@ -159,6 +167,19 @@ def _start(settings: Settings) -> Tracing:
         header_names=frozenset(field.lower().encode("latin-1") for field in propagator.fields),
         exporter=exporter,
     )
+
+
+def _collector_answers(endpoint: str, timeout: float = 0.2) -> bool:
+    """Whether anything accepts a TCP connection at the exporter's endpoint: said once at
+    start, and what spares the shutdown a flush to nobody (a worker that has not yet
+    exported would otherwise spend its flush share of the lifespan budget retrying)."""
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "localhost", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _resource_attributes(settings: Settings) -> dict[str, Any]:
@@ -225,10 +246,11 @@ class _ReportingExporter(SpanExporter):
 
     def __init__(self, exporter: SpanExporter) -> None:
         self._exporter = exporter
-        self._endpoint = getattr(exporter, "_endpoint", "the collector")
+        self.endpoint: str = getattr(exporter, "_endpoint", "http://localhost:4318")
         self._failures = RateLimitedLog(logger, interval=60.0)
         self._shut_down = False
-        # False after a failed export, True again after a successful one.
+        # Whether the collector answered the probe at start; then False after a failed
+        # export, True again after a successful one.
         self.reachable = True
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -245,7 +267,7 @@ class _ReportingExporter(SpanExporter):
                 "could not export %d spans to %s (%s); is the collector up? "
                 "OTEL_SDK_DISABLED=true turns tracing off",
                 len(spans),
-                self._endpoint,
+                self.endpoint,
                 reason,
             )
         return result
