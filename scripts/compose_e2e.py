@@ -10,6 +10,7 @@ with compose.offline.yaml as project `parity-e2e` on free loopback ports (a stac
 your own on :8000 is left alone), and runs, in this order:
 
  1. the api image: non-root numeric USER, exec-form CMD, HEALTHCHECK, no compiler/pip;
+    the locust image (profile `loadtest`) builds and runs;
  2. `up --wait`: migrate and seed exited 0, every long-running service healthy;
  3. through the published port: a product MISS then HIT (Postgres and Redis reached
     from the containers), bad input answered with problem+json, every process uid 10001,
@@ -54,6 +55,7 @@ EXIT_OK, EXIT_FAILED, EXIT_NOT_RUN = 0, 1, 3
 PROJECT = "parity-e2e"
 COMPOSE_FILES = "compose.yaml:compose.offline.yaml"
 API_IMAGE = "parity-api:local"
+LOCUST_IMAGE = "parity-locust:local"
 APP_UID = 10001
 STOP_GRACE_SECONDS = 40  # compose.yaml's api stop_grace_period
 LONG_RUNNING = ("postgres", "redis", "api", "prometheus")
@@ -246,8 +248,15 @@ class E2E:
                 raise CheckFailed(f"in the runtime image: {found}")
             return "no compiler, curl, wget or pip; no tests, .git or .env (.dockerignore)"
 
+        def locust() -> str:
+            # Profile `loadtest`: not part of `up`, so built here, FROM the stand-in.
+            compose("--profile", "loadtest", "build", "locust", timeout=900)
+            out = run(["docker", "run", "--rm", "--network=none", LOCUST_IMAGE, "--version"])
+            return f"docker/locust/Dockerfile on the stand-in: {out.stdout.strip()}"
+
         self.check("api image metadata", metadata)
         self.check("api image content", content)
+        self.check("locust image builds", locust)
 
     # 2. up ---------------------------------------------------------------------------
     def up_checks(self) -> bool:
