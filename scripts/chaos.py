@@ -5,8 +5,8 @@ errors and latency per phase, and the behaviour each phase must show.
     python scripts/chaos.py --phase-seconds 8 --json --plot chaos.png
     python scripts/chaos.py --compose           # against `docker compose up` (stop/start services)
 
-Phases: baseline -> postgres down -> postgres back -> redis down -> redis back -> redis
-hung -> redis resumed (natively SIGSTOP/SIGCONT; in compose `pause`/`unpause`).
+Phases: baseline -> postgres down -> postgres back -> redis down -> redis back ->
+redis hung -> redis resumed (natively SIGSTOP/SIGCONT; in compose `pause`/`unpause`).
 Expected, and checked (exit 1 if not): no transport error and no hang anywhere; while
 Postgres is down, database routes answer 503 problems with Retry-After within the
 2 s connect timeout (< 2.5 s) and /health stays 200; while Redis is down or hung,
