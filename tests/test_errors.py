@@ -39,6 +39,33 @@ async def test_validation_errors_do_not_echo_the_input(client: httpx.AsyncClient
     assert secret not in response.text
 
 
+async def test_many_invalid_fields_answer_a_small_problem(client: httpx.AsyncClient) -> None:
+    """Amplification (issue 18): an order body with 2,000 unknown keys, each 80 characters,
+    within MAX_REQUEST_BODY_BYTES -> a 422 that lists 20 errors, counts them all, cuts the
+    echoed keys short, and stays a few KB."""
+    body = {"items": [{"product_id": 1, "quantity": 1}]}
+    body |= {f"{index:05d}" + "k" * 75: 1 for index in range(2_000)}
+    response = await client.post("/api/v1/orders", json=body)
+    assert response.status_code == 422
+    problem = response.json()
+    assert len(problem["errors"]) == 20
+    assert problem["errors_total"] == 2_000
+    assert "the first 20 of 2000" in problem["detail"]
+    assert all(len(part) <= 64 for error in problem["errors"] for part in error["loc"])
+    assert len(response.content) < 8_000
+
+
+async def test_a_body_far_beyond_the_largest_valid_one_is_refused_unread(
+    client: httpx.AsyncClient,
+) -> None:
+    """Half a megabyte of keys (the reproduction sent 0.89 MB) is a 413: the largest valid
+    body is ~122 KB."""
+    body = {f"key{index}": index for index in range(40_000)}
+    response = await client.post("/api/v1/orders", json=body)
+    assert response.status_code == 413
+    assert response.headers["content-type"] == PROBLEM
+
+
 async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) -> None:
     missing = await client.get("/api/v1/nothing-here")
     assert (missing.status_code, missing.headers["content-type"]) == (404, PROBLEM)
