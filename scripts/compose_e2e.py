@@ -393,15 +393,18 @@ class E2E:
     def shutdown_checks(self) -> None:
         recreate_api(SHUTDOWN_ENV)
 
-        def term() -> str:
+        def signalled(name: str) -> tuple[int, Any]:
             # The container's own address on the project network, not the published
             # port: docker-proxy accepts a connection before it knows whether the api
             # still listens, so a refusal after the listener closed would reach the
             # client as a reset (docs/compose.md, "Signals through published ports").
             url = f"http://{container_address('api')}:8000"
-            code, data = self.script(
+            return self.script(
                 ["scripts/verify_graceful_shutdown.py", "--compose", "--url", url,
-                 "--signal", "TERM", "--quiet"], timeout=180)  # fmt: skip
+                 "--signal", name, "--quiet"], timeout=180)  # fmt: skip
+
+        def term() -> str:
+            code, data = signalled("TERM")
             requests, timings = data["requests"], data["timings"]
             exit_after = (
                 data["phases"].get("master_exit_at") or timings["signal_to_master_exit_seconds"]
@@ -421,10 +424,7 @@ class E2E:
             )
 
         def hup() -> str:
-            url = f"http://{container_address('api')}:8000"
-            code, data = self.script(
-                ["scripts/verify_graceful_shutdown.py", "--compose", "--url", url,
-                 "--signal", "HUP", "--quiet"], timeout=180)  # fmt: skip
+            code, data = signalled("HUP")
             requests, reload = data["requests"], data["reload"]
             if code != 0:
                 raise CheckFailed(f"exit {code}: {'; '.join(data['verdict']['reasons'])}")

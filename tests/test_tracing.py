@@ -277,15 +277,7 @@ def test_an_absent_collector_costs_a_counter_and_a_few_lines_never_a_request(
     1. the workers boot  2. 60 requests all answer 200  3. the failures are counted in
     dependency_errors_total{dependency="otel-collector"} and logged a bounded number of
     times  4. SIGTERM -> exit 0 within the shutdown budget, the queued spans dropped."""
-    server = gunicorn(
-        workers=2,
-        env={
-            "OTEL_TRACES_EXPORTER": "otlp",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-            "OTEL_TRACES_SAMPLER": "always_on",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        },
-    )
+    server = gunicorn(workers=2, env={**no_collector_env(), "OTEL_BSP_SCHEDULE_DELAY": "100"})
     with httpx.Client(base_url=server.base_url) as client:
         statuses = [client.get("/api/v1/products", params={"limit": 1}).status_code]
         deadline = time.monotonic() + 30
@@ -313,14 +305,7 @@ def test_no_collector_is_said_once_at_start_and_costs_the_shutdown_nothing(
     -> each says so once at start
     2. a few traced requests, SIGTERM before any export was tried
     -> the lifespan shutdown does not spend its flush share (2 s) on retries."""
-    server = gunicorn(
-        workers=2,
-        env={
-            "OTEL_TRACES_EXPORTER": "otlp",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-            "OTEL_TRACES_SAMPLER": "always_on",
-        },
-    )
+    server = gunicorn(workers=2, env=no_collector_env())
     with httpx.Client(base_url=server.base_url) as client:
         for _ in range(5):
             assert client.get("/api/v1/products", params={"limit": 1}).status_code == 200
@@ -331,6 +316,15 @@ def test_no_collector_is_said_once_at_start_and_costs_the_shutdown_nothing(
     shutdowns = [r for r in records if r.get("shutdown_phase") == "lifespan_shutdown"]
     assert len(shutdowns) == 2
     assert all(r["phase_seconds"] < 1.0 for r in shutdowns), shutdowns
+
+
+def no_collector_env() -> dict[str, str]:
+    """Every request traced, exported over OTLP to a port nobody listens on."""
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "OTEL_TRACES_SAMPLER": "always_on",
+    }
 
 
 def _export_errors(client: httpx.Client) -> float:
