@@ -30,7 +30,7 @@ from scripts.loadgen import LOCUST_CONF, LocustResult, locust_env, run_locust
 from scripts.prometheus_native import NativePrometheus, binaries, missing_reason, native_config
 from scripts.promql_inventory import DASHBOARD_DIR, GrafanaContext, inventory
 from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, drop_database, free_port
-from scripts.tune_workers import Point, recommend
+from scripts.tune_workers import Point, recommend, top_pids
 from scripts.verify_dashboards import NATIVE_DROPPED_JOBS, Check, check_all, pending_problems
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
 
@@ -385,6 +385,20 @@ def test_recommendation_is_the_fewest_workers_near_the_best_throughput_within_th
     assert recommend(points, slo_p95_ms=58).workers == 3  # 2 misses the SLO
     assert recommend([point(1, 600, 50), point(2, 1000, 60, errors=0.2)], 100).workers == 1
     assert recommend([point(1, 600, 500)], 100).workers is None
+
+
+def test_compose_top_is_read_by_its_header_in_both_compose_layouts() -> None:
+    """`docker compose top`: Compose 2 prints `UID PID PPID ...` per container, Compose 5
+    one table led by `SERVICE #`; the sweep finds master and workers in both."""
+    compose5 = """SERVICE  #   UID    PID   PPID  C   STIME  TTY  TIME      CMD
+api      1   10001  7144  7123  3   18:10  ?    00:00:00  /opt/venv/bin/python3 gunicorn a
+api      1   10001  7189  7144  49  18:10  ?    00:00:09  /opt/venv/bin/python3 gunicorn a"""
+    compose2 = """parity-api-1
+UID     PID    PPID   C  STIME  TTY  TIME      CMD
+10001   7144   7123   3  18:10  ?    00:00:00  gunicorn app.main:app
+10001   7189   7144   49 18:10  ?    00:00:09  gunicorn app.main:app"""
+    for text in (compose5, compose2):
+        assert top_pids(text) == {7144: 7123, 7189: 7144}
 
 
 def test_compose_locust_image_has_the_exporter_dependency_at_the_api_version() -> None:
