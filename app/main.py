@@ -169,6 +169,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
         docs_url="/docs" if docs else None,
         redoc_url="/redoc" if docs else None,
+        # No 307 from `/path/` to `/path`: Starlette builds that Location from the
+        # request's Host header, which the client chooses (issue 18). A 404 problem.
+        redirect_slashes=False,
         # FastAPI's built-in OpenTelemetry integration stays off: TelemetryMiddleware
         # makes the one server span per request (and keeps metrics in Prometheus).
         telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},

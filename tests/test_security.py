@@ -113,3 +113,14 @@ async def test_docs_and_schema_can_be_switched_off(make_settings: Callable[..., 
     async with app_client(make_settings()) as client:
         assert (await client.get("/openapi.json")).status_code == 200
         assert (await client.get("/docs")).status_code == 200
+
+
+async def test_a_trailing_slash_is_not_redirected_to_a_host_the_client_chose(
+    client: httpx.AsyncClient,
+) -> None:
+    """`/api/v1/products/` with `Host: evil.example` -> a 404 problem, no Location
+    (Starlette's slash redirect would have sent the client to http://evil.example/...)."""
+    response = await client.get("/api/v1/products/", headers={"Host": "evil.example"})
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "location" not in response.headers
