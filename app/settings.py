@@ -8,12 +8,13 @@ A bad value stops the process at start with one line per variable
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -31,7 +32,10 @@ CUT_OFF_GRACE_SECONDS = 0.5
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+    # populate_by_name: Settings(GUNICORN_WORKERS=...) by field name, beside its alias.
+    model_config = SettingsConfigDict(
+        case_sensitive=True, extra="ignore", frozen=True, populate_by_name=True
+    )
 
     # --- Service identity ----------------------------------------------------------
     SERVICE_NAME: str = Field("parity-api", min_length=1, max_length=64)
@@ -100,7 +104,10 @@ class Settings(BaseSettings):
     # sets 0.0.0.0:8000 in its environment (a container is reached through its ports).
     GUNICORN_BIND: str = "127.0.0.1:8000"
     # None: one worker per CPU actually available to the process (see app/worker.py).
-    GUNICORN_WORKERS: int | None = Field(None, ge=1, le=256)
+    # WEB_CONCURRENCY, the PaaS and image convention, when GUNICORN_WORKERS is not set.
+    GUNICORN_WORKERS: int | None = Field(
+        None, ge=1, le=256, validation_alias=AliasChoices("GUNICORN_WORKERS", "WEB_CONCURRENCY")
+    )
     GUNICORN_TIMEOUT: int = Field(30, ge=1, le=3600)
     GUNICORN_GRACEFUL_TIMEOUT: int = Field(30, ge=1, le=3600)
     GUNICORN_KEEPALIVE: int = Field(75, ge=0, le=3600)
@@ -379,7 +386,7 @@ def describe_errors(error: ValidationError) -> list[str]:
     """One line per bad variable: its name, what is wrong and, unless secret, the value."""
     lines = []
     for item in error.errors(include_url=False):
-        name = ".".join(str(part) for part in item["loc"]) or "settings"
+        name = _variable(".".join(str(part) for part in item["loc"])) or "settings"
         message = item["msg"].removeprefix("Value error, ")
         # A rule across variables has no loc, and its input is *every* variable,
         # secrets included: never echo that.
@@ -388,6 +395,15 @@ def describe_errors(error: ValidationError) -> list[str]:
         else:
             lines.append(f"invalid configuration: {name}={item['input']!r}: {message}")
     return lines
+
+
+def _variable(field: str) -> str:
+    """The environment variable that gave `field` its value: its own name, or the first
+    alias that is set (WEB_CONCURRENCY for GUNICORN_WORKERS)."""
+    info = Settings.model_fields.get(field)
+    choices = getattr(info.validation_alias, "choices", []) if info else []
+    names = [choice for choice in choices if isinstance(choice, str)]
+    return next((name for name in names if name in os.environ), field)
 
 
 def load_settings() -> Settings:

@@ -15,7 +15,7 @@ from scripts.stack import REPO_ROOT
 
 
 def test_defaults_describe_a_local_stack(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in Settings.model_fields:
+    for name in [*Settings.model_fields, "WEB_CONCURRENCY"]:
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.DATABASE_URL == "postgresql+asyncpg://postgres@127.0.0.1:5432/app"
@@ -25,6 +25,19 @@ def test_defaults_describe_a_local_stack(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.CORS_ALLOW_ORIGINS == []
     assert settings.CORS_ALLOW_CREDENTIALS is False
     assert settings.HSTS_MAX_AGE_SECONDS == 0
+
+
+def test_web_concurrency_is_the_fallback_for_the_worker_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The PaaS and image convention: WEB_CONCURRENCY when GUNICORN_WORKERS is not set;
+    GUNICORN_WORKERS wins when both are."""
+    monkeypatch.delenv("GUNICORN_WORKERS", raising=False)
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert Settings().GUNICORN_WORKERS == 3
+    monkeypatch.setenv("GUNICORN_WORKERS", "5")
+    assert Settings().GUNICORN_WORKERS == 5
+    assert Settings(GUNICORN_WORKERS=7).GUNICORN_WORKERS == 7
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,6 +57,7 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
             "GUNICORN_WORKERS='0': Input should be greater than or equal to 1",
         ),
         ("GUNICORN_BIND", "8000", "GUNICORN_BIND='8000': must be HOST:PORT"),
+        ("WEB_CONCURRENCY", "many", "invalid configuration: WEB_CONCURRENCY='many': "),
         ("REDIS_URL", "http://cache:6379", "REDIS_URL: must start with redis://"),
         ("DATABASE_URL", "mysql://u:pw@h/db", "DATABASE_URL: driver must be postgresql+asyncpg"),
         ("LOG_LEVEL", "loud", "LOG_LEVEL='loud': Input should be 'debug', 'info'"),
