@@ -14,19 +14,23 @@ degraded service into no service.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from app import cache, db
-from app.deps import ResourcesDep
+from app.deps import Resources, ResourcesDep
 from app.errors import problem_response
 from app.lifecycle import Lifecycle, get_lifecycle
 
 router = APIRouter(tags=["health"])
+# How long one worker reuses its last readiness check (a load balancer checks every
+# second or more; staler would delay noticing an outage).
+READY_CACHE_SECONDS = 1.0
 
 
 @router.get("/health", summary="Liveness: the process and its event loop answer")
@@ -48,13 +52,52 @@ async def _check(
     return {"status": "ok", "required": required, "latency_ms": latency_ms}
 
 
+async def _check_dependencies(resources: Resources) -> dict[str, dict[str, Any]]:
+    timeout = resources.settings.READY_TIMEOUT_SECONDS
+    database, redis = await asyncio.gather(
+        _check(lambda: db.ping(resources.engine), timeout, required=True),
+        _check(lambda: cache.ping(resources.redis), timeout, required=False),
+    )
+    return {"database": database, "redis": redis}
+
+
+class ReadinessCache:
+    """This worker's last dependency check, reused for READY_CACHE_SECONDS, with at most
+    one check in flight: 200 connections flooding /ready cost Postgres one ping a second
+    per worker, instead of a ping each that queued for the pool until some answered
+    "database timeout" and a load balancer would have pulled a healthy instance."""
+
+    def __init__(self) -> None:
+        self._checks: dict[str, dict[str, Any]] | None = None
+        self._checked_at = -math.inf
+        self._in_flight: asyncio.Future[dict[str, dict[str, Any]]] | None = None
+
+    async def get(
+        self, check: Callable[[], Awaitable[dict[str, dict[str, Any]]]]
+    ) -> dict[str, dict[str, Any]]:
+        if self._checks is not None and time.monotonic() - self._checked_at < READY_CACHE_SECONDS:
+            return self._checks
+        if self._in_flight is None:
+            self._in_flight = asyncio.ensure_future(check())
+            self._in_flight.add_done_callback(self._remember)
+        # shield: a caller that gives up (client gone) must not cancel the others' check.
+        return await asyncio.shield(self._in_flight)
+
+    def _remember(self, done: asyncio.Future[dict[str, dict[str, Any]]]) -> None:
+        self._in_flight = None
+        if not done.cancelled() and done.exception() is None:
+            self._checks, self._checked_at = done.result(), time.monotonic()
+
+
 @router.get(
     "/ready",
     summary="Readiness: Postgres answers (required); Redis is reported",
     responses={503: {"description": "Not ready; `checks` names what failed"}},
 )
 async def ready(
-    resources: ResourcesDep, lifecycle: Annotated[Lifecycle, Depends(get_lifecycle)]
+    request: Request,
+    resources: ResourcesDep,
+    lifecycle: Annotated[Lifecycle, Depends(get_lifecycle)],
 ) -> Response:
     if not lifecycle.ready:
         # Shutting down (docs/shutdown.md): answer at once, without probing anything, so
@@ -66,12 +109,8 @@ async def ready(
             instance="/ready",
             checks={"shutdown": {"status": "draining", "required": True}},
         )
-    timeout = resources.settings.READY_TIMEOUT_SECONDS
-    database, redis = await asyncio.gather(
-        _check(lambda: db.ping(resources.engine), timeout, required=True),
-        _check(lambda: cache.ping(resources.redis), timeout, required=False),
-    )
-    checks = {"database": database, "redis": redis}
+    readiness: ReadinessCache = request.app.state.readiness
+    checks = await readiness.get(lambda: _check_dependencies(resources))
     failed = [
         name for name, check in checks.items() if check["required"] and check["status"] != "ok"
     ]

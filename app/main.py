@@ -25,6 +25,7 @@ from app.cache import VersionedCache, create_redis
 from app.catalog.routes import router as catalog_router
 from app.deps import Resources
 from app.errors import document_problem_responses, install_error_handlers
+from app.health import ReadinessCache
 from app.health import router as health_router
 from app.lifecycle import DrainingMiddleware, Lifecycle
 from app.limits import BodySizeLimitMiddleware, HandlerTimeoutMiddleware
@@ -178,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.lifecycle = lifecycle
+    app.state.readiness = ReadinessCache()
     install_error_handlers(app)
     app.include_router(health_router)
     if settings.METRICS_ENABLED:

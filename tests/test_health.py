@@ -3,10 +3,12 @@ Redis (reported, not required)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import httpx
 
+from app.health import READY_CACHE_SECONDS
 from app.settings import Settings
 from scripts.stack import free_port
 from tests.helpers import app_client
@@ -63,3 +65,15 @@ async def test_ready_does_not_leak_the_database_password(
     async with app_client(make_settings(DATABASE_URL=dead)) as client:
         response = await client.get("/ready")
     assert "s3cret-pw" not in response.text
+
+
+async def test_a_flood_of_ready_is_answered_by_one_check(client: httpx.AsyncClient) -> None:
+    """50 /ready at once (a probe flood, issue 18) -> one dependency check answers them
+    all (the same measured latencies in every body), instead of 50 pings queueing for the
+    pool; a second later the next /ready checks again."""
+    responses = await asyncio.gather(*(client.get("/ready") for _ in range(50)))
+    assert {response.status_code for response in responses} == {200}
+    bodies = {response.text for response in responses}
+    assert len(bodies) == 1, f"{len(bodies)} different checks answered 50 probes"
+    await asyncio.sleep(READY_CACHE_SECONDS + 0.2)
+    assert (await client.get("/ready")).text not in bodies
