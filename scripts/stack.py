@@ -520,7 +520,24 @@ def main(argv: list[str] | None = None) -> int:
         env["GUNICORN_WORKERS"] = str(args.workers)
     if args.bind:
         env["GUNICORN_BIND"] = args.bind
+    if sys.stderr.isatty():
+        print(serving_line(env.get("GUNICORN_BIND") or os.environ.get("GUNICORN_BIND")),
+              file=sys.stderr)  # fmt: skip
     return exec_gunicorn(env)
+
+
+def serving_line(bind: str | None) -> str:
+    """One line for a person at a terminal before the JSON logs start."""
+    address = bind or "127.0.0.1:8000"
+    if address.startswith("unix:"):
+        return f"serving on {address}; JSON logs follow (LOG_JSON=false for plain lines)"
+    host, _, port = address.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    base = f"http://{host}:{port}"
+    return (
+        f"serving on {base}: API docs {base}/docs, metrics {base}/metrics, readiness "
+        f"{base}/ready; JSON logs follow (LOG_JSON=false for plain lines)"
+    )
 
 
 def exec_gunicorn(env: Mapping[str, str]) -> NoReturn:

@@ -16,6 +16,7 @@ from scripts.stack import (
     ensure_database,
     migrate,
     seed,
+    serving_line,
 )
 from tests.conftest import unique_name
 
@@ -87,3 +88,13 @@ def test_sigterm_stops_the_master_cleanly(gunicorn: Start) -> None:
     assert time.monotonic() - started < 30
     messages = [r["message"] for r in server.log_records()]
     assert any(m.startswith("Shutting down: Master") for m in messages)
+
+
+def test_make_run_tells_a_person_where_to_look_before_the_json_logs() -> None:
+    """`make run` at a terminal: one plain line with the URLs a person opens (a 0.0.0.0
+    bind shown as 127.0.0.1), and how to get plain log lines."""
+    line = serving_line("0.0.0.0:8000")
+    for url in ("/docs", "/metrics", "/ready"):
+        assert f"http://127.0.0.1:8000{url}" in line
+    assert "LOG_JSON=false" in line
+    assert serving_line(None).startswith("serving on http://127.0.0.1:8000:")
