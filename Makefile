@@ -21,7 +21,7 @@ LOCUST_ARGS ?=
 LOADTEST_DIR := results/loadtest-$(shell date +%Y%m%d-%H%M%S)
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{n[NR] = $$1; d[NR] = $$2; if (length($$1) > w) w = length($$1)} END {for (i = 1; i <= NR; i++) printf ("  make %-" w "s  %s\n"), n[i], d[i]}'
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) scripts/bootstrap_venv.py $(VENV) && touch $@
@@ -85,7 +85,7 @@ loadtest: venv ## headless Locust against HOST (SCENARIO=, SHAPE=, LOCUST_ARGS=)
 tune: venv services ## measure the best Gunicorn worker count (scripts/tune_workers.py --native; TUNE_ARGS=)
 	$(BIN)/python scripts/tune_workers.py --native $(TUNE_ARGS)
 
-demo: venv services ## steady mixed load + the URLs of dashboards, metrics and a slow trace (DEMO_ARGS=--compose|--url URL)
+demo: venv services ## 10 min of steady mixed load + the URLs of dashboards, metrics, a slow trace (DEMO_ARGS=--duration 120 --compose|--url URL)
 	$(BIN)/python scripts/demo.py $(DEMO_ARGS)
 
 clean: ## remove the venv and caches
