@@ -602,7 +602,20 @@ def write_plot(
     latency.axhline(
         slo_p95_ms, color="#C44E52", linestyle="--", linewidth=1, label=f"SLO p95 {slo_p95_ms:g} ms"
     )
-    latency.set_ylabel("latency (ms)")
+    # Said on the line itself: a dashed line across the bars otherwise reads as a
+    # throughput on the left axis.
+    latency.annotate(
+        f"SLO: p95 ≤ {slo_p95_ms:g} ms (right axis)",
+        (1.0, slo_p95_ms),
+        xycoords=("axes fraction", "data"),
+        xytext=(-4, 3),
+        textcoords="offset points",
+        ha="right",
+        fontsize=8,
+        color="#C44E52",
+    )
+    latency.set_ylabel("latency (ms, right axis, red)", color="#C44E52")
+    latency.tick_params(axis="y", colors="#C44E52")
     latency.set_ylim(0, 1.35 * max(slo_p95_ms, *(p.p99_ms for p in points)))
     handles = [bars, *latency.get_lines()]
     top.legend(handles, [h.get_label() for h in handles], loc="upper center", ncol=4, fontsize=8)
@@ -619,7 +632,8 @@ def write_plot(
         color="#8172B2",
         label="RSS per worker (MiB)",
     )
-    memory.set_ylabel("MiB")
+    memory.set_ylabel("RSS per worker (MiB, right axis)", color="#8172B2")
+    memory.tick_params(axis="y", colors="#8172B2")
     memory.set_ylim(0, 1.35 * max(p.rss_mib_per_worker for p in points) or 1)
     handles = bottom.get_lines() + memory.get_lines()
     bottom.legend(handles, [h.get_label() for h in handles], loc="upper center", ncol=3, fontsize=8)
@@ -792,8 +806,10 @@ def report(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any]:
     per_worker = target.pool_per_worker()
     budget = pool_arithmetic(points, recommendation.workers, per_worker, max_connections, reserved)
     warning = generator_warning(points, available_cpus())
-    title = f"{args.scenario} scenario, {args.users} users, {args.duration:g}s per count" + (
-        " (interrupted)" if sweep.interrupted else ""
+    title = (
+        f"Worker sweep on {available_cpus()} CPUs: {args.scenario} scenario, {args.users} "
+        f"users, {args.warmup:g} s warm-up + {args.duration:g} s measured per count"
+        + (" (interrupted)" if sweep.interrupted else "")
     )
     write_csv(out / "sweep.csv", points)
     write_plot(out / "sweep.png", points, args.slo_p95_ms, recommendation.workers, title)
