@@ -831,16 +831,19 @@ def plot_timeline(data: RunData, report: dict[str, Any], path: Path) -> None:
     top.plot(bins, in_flight, color="tab:blue")
     top.set_ylabel("requests in flight")
     colors: dict[str, str] = {OK: "tab:green", REFUSED: "tab:gray"}
+    # Refusals are not failures: after TERM the listener closes on purpose.
+    labels = {OK: "answered", REFUSED: "not accepted (expected once the listener closed)"}
     bottom_line = [0] * len(bins)
     for outcome, series in sorted(done.items()):
         color = colors.get(outcome, "tab:red")
-        bottom.bar(bins, series, width=step, bottom=bottom_line, color=color, label=outcome)
+        label = labels.get(outcome, f"LOST: {outcome}")
+        bottom.bar(bins, series, width=step, bottom=bottom_line, color=color, label=label)
         bottom_line = [b + s for b, s in zip(bottom_line, series, strict=True)]
     bottom.set_ylabel("responses per 100 ms")
     bottom.set_xlabel("seconds since the load started")
     bottom.legend(loc="upper right")
     marks: list[tuple[float, str]] = [(data.signal_at, f"SIG{report['signal']}")]
-    for phase in ("stop_accepting", "drain", "exit"):
+    for phase in ("stop_accepting", "drain"):
         times = [
             p["at"]
             for worker in report["phases"].get("workers", {}).values()
@@ -848,14 +851,20 @@ def plot_timeline(data: RunData, report: dict[str, Any], path: Path) -> None:
             if p["phase"] == phase
         ]
         if times:
-            marks.append(
-                (data.signal_at + max(times), f"{phase} done" if phase != "exit" else "exit")
-            )
+            marks.append((data.signal_at + max(times), f"{phase} done"))
+    # The master's exit, the moment the console reports (the workers exit just before).
+    master_exit = report["phases"].get("master_exit_at")
+    if master_exit is not None:
+        marks.append((data.signal_at + master_exit, "master exit"))
     for axis in (top, bottom):
         for x, _ in marks:
             axis.axvline(x, color="black", linestyle="--", linewidth=0.8)
-    for x, label in marks:
-        top.annotate(label, (x, max(in_flight, default=1)), rotation=90, fontsize=8, va="top")
+    # Marks a few tenths of a second apart (SIGTERM, then stop_accepting with no delay)
+    # would print over each other: each label at its own height.
+    for index, (x, label) in enumerate(marks):
+        height = 1.0 - 0.22 * (index % 4)
+        top.annotate(label, (x, height), xycoords=("data", "axes fraction"), xytext=(3, 0),
+                     textcoords="offset points", fontsize=8, va="top")  # fmt: skip
     verdict_text = "nothing lost" if report["verdict"]["ok"] else "FAILED"
     fig.suptitle(f"SIG{report['signal']} under load: {verdict_text}")
     fig.tight_layout()
