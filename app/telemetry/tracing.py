@@ -169,17 +169,24 @@ def _start(settings: Settings) -> Tracing:
     )
 
 
-def _collector_answers(endpoint: str, timeout: float = 0.2) -> bool:
-    """Whether anything accepts a TCP connection at the exporter's endpoint: said once at
-    start, and what spares the shutdown a flush to nobody (a worker that has not yet
-    exported would otherwise spend its flush share of the lifespan budget retrying)."""
+def _collector_answers(endpoint: str, timeout: float = 0.5) -> bool:
+    """Whether anything accepts a TCP connection at the exporter's endpoint within
+    `timeout`: said once at start, and what spares the shutdown a flush to nobody (a
+    worker that has not yet exported would otherwise spend its flush share of the
+    lifespan budget retrying). In a thread, because the name lookup has no timeout of
+    its own (a compose service that is not running can take the resolver 5 s)."""
     url = urlsplit(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "localhost", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    address = (url.hostname or "localhost", url.port or (443 if url.scheme == "https" else 80))
+    answered = threading.Event()
+
+    def connect() -> None:
+        with contextlib.suppress(OSError), socket.create_connection(address, timeout=timeout):
+            answered.set()
+
+    probe = threading.Thread(target=connect, name="otel-collector-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return answered.is_set()
 
 
 def _resource_attributes(settings: Settings) -> dict[str, Any]:
