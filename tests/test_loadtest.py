@@ -25,7 +25,7 @@ from PIL import Image
 from sqlalchemy.engine import make_url
 
 from app.settings import Settings
-from loadtest.loadstats import find_knee, shape_tick
+from loadtest.loadstats import Report, find_knee, shape_tick
 from scripts.loadgen import LOCUST_CONF, LocustResult, locust_env, run_locust
 from scripts.prometheus_native import NativePrometheus, binaries, missing_reason, native_config
 from scripts.promql_inventory import DASHBOARD_DIR, GrafanaContext, inventory
@@ -345,6 +345,18 @@ def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> s
 
 
 # --- pure functions ----------------------------------------------------------------------
+
+
+def test_the_generators_peak_cpu_is_never_below_its_mean() -> None:
+    """The 2-s samples miss start-up and the final report, which the mean includes:
+    a run that burnt CPU outside the samples must not report a peak below its mean."""
+    report = Report()
+    report.cpu_samples = [1.0, 2.0]
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # CPU spent outside any sample
+        pass
+    generator = report.summary(users=1, step_users=0)["generator"]
+    assert generator["cpu_percent_peak"] >= generator["cpu_percent_mean"] > 2.0
 
 
 def test_step_shape_adds_users_each_step_and_ends_after_holding_the_last() -> None:
