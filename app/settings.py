@@ -85,10 +85,9 @@ class Settings(BaseSettings):
     READY_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=30)] = 1.0
 
     # --- Input and resource limits (docs/reliability.md explains each number) -------
-    # Larger bodies get 413 before the app reads them. Our largest valid body (a product
-    # with a 10,000-character description) is well under 100 KB.
-    # The largest valid body, a product whose 10,000-character description is written as
-    # escaped surrogate pairs (12 bytes a character), is ~122 KB: twice that, rounded.
+    # Larger bodies get 413 before the app reads them. The largest valid body, a product
+    # whose 10,000-character description is written as escaped surrogate pairs (12 bytes
+    # a character), is ~122 KB: twice that, rounded.
     MAX_REQUEST_BODY_BYTES: int = Field(262_144, ge=1024, le=1_073_741_824)
     # A request still running after this long is cancelled (its database statement
     # too) and answered 504. Above the slowest legitimate path (pool wait 2 s + one
