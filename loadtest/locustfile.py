@@ -484,7 +484,16 @@ def start_report(environment: Environment, **_: Any) -> None:
     gevent.spawn(_sample_cpu, environment, report)
 
 
+PROGRESS_EVERY_SECONDS = 10
+
+
 def _sample_cpu(environment: Environment, report: loadstats.Report) -> None:
+    """Every 2 s: the generator's CPU (and the exporter's gauges); every 10 s, in a
+    headless run, one progress line (locust.conf's only-summary leaves it silent
+    otherwise until the end)."""
+    options = environment.parsed_options
+    headless = bool(options and options.headless)
+    ticks = 0
     while State.report is report and environment.runner is not None:
         gevent.sleep(2)
         if environment.runner.state not in ("spawning", "running"):
@@ -493,6 +502,21 @@ def _sample_cpu(environment: Environment, report: loadstats.Report) -> None:
         if State.exporter:
             State.exporter.cpu.set(percent)
             State.exporter.users.set(environment.runner.user_count)
+        ticks += 1
+        if headless and ticks * 2 % PROGRESS_EVERY_SECONDS == 0:
+            _log_progress(environment, ticks * 2)
+
+
+def _log_progress(environment: Environment, seconds: int) -> None:
+    total = environment.stats.total
+    logger.info(
+        "%d s: %d users, %d requests (%.0f req/s now), %d failed",
+        seconds,
+        environment.runner.user_count if environment.runner else 0,
+        total.num_requests,
+        total.current_rps,
+        total.num_failures,
+    )
 
 
 @events.request.add_listener

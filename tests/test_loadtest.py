@@ -8,6 +8,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -145,6 +146,8 @@ def test_every_scenario_runs_with_no_unexpected_failure(scenario_run: ScenarioRu
        Locust exits 0, writes its HTML report and reports its own CPU."""
     result = scenario_run.result
     assert result.exit_code == 0, result.output[-3000:]
+    # Headless with only-summary: still a progress line every 10 s (issue 17).
+    assert re.search(r"10 s: \d+ users, \d+ requests \(\d+ req/s now\), 0 failed", result.output)
     scenarios = result.scenarios
     assert set(scenarios) == {"browse", "buy", "burst", "mixed"}, result.output[-2000:]
     for name, tally in scenarios.items():
