@@ -43,11 +43,17 @@ PRODUCTS = 5_000
 @pytest.fixture(scope="module")
 def seeded_server() -> Iterator[GunicornProcess]:
     """2 workers on a database of its own with PRODUCTS products (the session database
-    stays unseeded: other tests count its rows)."""
+    stays unseeded: other tests count its rows). The default read policy stays (the burst
+    scenario must meet it); writes get a quota no buyer reaches in a short run: at the
+    default 20/min a fast machine let one buy user reach its 21st write in 12 s."""
     url = make_url(SERVER_URL).set(database=unique_name("parity_load"))
     stack = NativeStack(
         database_url=url.render_as_string(hide_password=False),
-        env={"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": f"{unique_name('parity-load')}:"},
+        env={
+            "REDIS_URL": REDIS_URL,
+            "REDIS_KEY_PREFIX": f"{unique_name('parity-load')}:",
+            "RATE_LIMIT_ROUTES": "writes=1000/60s POST,PUT,PATCH,DELETE /api/",
+        },
     )
     stack.prepare(products=PRODUCTS)
     try:
