@@ -49,7 +49,14 @@ import httpx
 
 from scripts.offline_images import BuildError, KitUnavailable, engine_reachable, ensure_images
 from scripts.prometheus_native import PrometheusAPI
-from scripts.stack import REPO_ROOT, StackError, child_pids, free_port, iter_json_lines
+from scripts.stack import (
+    REPO_ROOT,
+    StackError,
+    child_pids,
+    free_port,
+    iter_json_lines,
+    ps_entries,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_RUN = 0, 1, 3
 PROJECT = "parity-e2e"
@@ -125,12 +132,7 @@ def compose(*args: str, timeout: float = 600, env: dict[str, str] | None = None,
 
 def compose_ps() -> dict[str, dict[str, Any]]:
     """Service name -> its container's `docker compose ps` entry (stopped ones too)."""
-    out = compose("ps", "--all", "--format", "json").stdout.strip()
-    try:
-        parsed = json.loads(out) if out else []
-    except ValueError:  # one JSON object per line (Compose >= 2.21)
-        parsed = [json.loads(line) for line in out.splitlines() if line.strip()]
-    entries = parsed if isinstance(parsed, list) else [parsed]
+    entries = ps_entries(compose("ps", "--all", "--format", "json").stdout)
     return {entry["Service"]: entry for entry in entries}
 
 

@@ -382,14 +382,8 @@ class ComposeStack:
     def service_state(self) -> tuple[str, int | None]:
         """The service container's state ("running", "exited", ...) and exit code, from
         `docker compose ps --all --format json` (one object, a list, or one per line)."""
-        out = self.compose("ps", "--all", "--format", "json", self.service).stdout.strip()
-        if not out:
-            return "missing", None
-        try:
-            parsed = json.loads(out)
-        except ValueError:
-            parsed = [json.loads(line) for line in out.splitlines() if line.strip()]
-        entries = parsed if isinstance(parsed, list) else [parsed]
+        out = self.compose("ps", "--all", "--format", "json", self.service).stdout
+        entries = ps_entries(out)
         if not entries:
             return "missing", None
         entry = entries[0]
@@ -461,6 +455,19 @@ class ComposeStack:
                 last = repr(exc)
             time.sleep(0.5)
         raise StackError(f"{self.base_url}{path} not ready after {timeout}s ({last})")
+
+
+def ps_entries(text: str) -> list[dict[str, Any]]:
+    """The containers of `docker compose ps --format json`, whichever shape this Compose
+    prints: one object, a list, or one object per line (Compose >= 2.21)."""
+    text = text.strip()
+    if not text:
+        return []
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return parsed if isinstance(parsed, list) else [parsed]
 
 
 def iter_json_lines(text: str) -> Iterator[dict[str, Any]]:
