@@ -12,6 +12,7 @@ what differs):
     parity-offline/redis:7-bookworm      redis:8.x-alpine
     parity-offline/prometheus:bookworm   prom/prometheus:v3.x
     parity-offline/locust:2.47.0         locustio/locust:2.47.0
+    parity-offline/haproxy:bookworm      haproxy:3.2.x-alpine
 
 The base is `debootstrap --variant=minbase` plus the host's CA bundle (PyPI may be
 reached through a TLS proxy) and pip's settings read from the host at run time, brought
@@ -23,7 +24,7 @@ Each image carries a `parity.recipe` label: a hash of what it is made of (for th
 suite, packages, apt sources, the CA bundle, pip's index and docker/offline/base/; for
 the others: their directory and the base's recipe). An image whose label matches is not
 rebuilt, so a warm run takes a few seconds; --rebuild ignores that (and Docker's layer
-cache). --only takes short names (python, postgres, redis, prometheus, locust) or image
+cache). --only takes short names (python, postgres, redis, prometheus, locust, haproxy) or image
 names; the base is added when an image built on it is selected.
 
 Progress goes to stderr, a table (or --json) to stdout. Exit status: 0 every image is
@@ -98,6 +99,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("redis", "parity-offline/redis:7-bookworm", "redis:8.x-alpine"),
     Spec("prometheus", "parity-offline/prometheus:bookworm", "prom/prometheus:v3.x"),
     Spec("locust", "parity-offline/locust:2.47.0", "locustio/locust:2.47.0"),
+    Spec("haproxy", "parity-offline/haproxy:bookworm", "haproxy:3.2.x-alpine"),
 )
 # Image name -> the upstream image it stands in for.
 IMAGES: dict[str, str] = {spec.name: spec.stands_in_for for spec in SPECS}

@@ -43,8 +43,9 @@ from scripts.traffic import Phase, TrafficReport, run_traffic, seeded_product_id
 
 # Jobs of prometheus.yml that have no native counterpart: no OpenTelemetry Collector
 # binary is packaged for Debian, so --native cannot scrape it (compose does). `locust`
-# exists only while a load test runs; tests/test_loadtest.py targets it.
-NATIVE_DROPPED_JOBS = ("otel-collector", "spanmetrics", "locust")
+# exists only while a load test runs; tests/test_loadtest.py targets it. `lb` is
+# compose's load balancer; the compose e2e checks its panels (scripts/compose_e2e.py).
+NATIVE_DROPPED_JOBS = ("otel-collector", "spanmetrics", "locust", "lb")
 
 # Settings of the API for the traffic: reads practically unlimited (so the read panels
 # see steady traffic), writes keep the default policy (20/min per client), which the

@@ -275,11 +275,11 @@ def test_scripts_drive_the_services_compose_defines() -> None:
 
 
 def test_locust_loads_the_api_and_is_scraped() -> None:
-    """Profile `loadtest`: its web UI on 127.0.0.1:8089, the api as host, and the metrics
-    port Prometheus' `locust` job scrapes."""
+    """Profile `loadtest`: its web UI on 127.0.0.1:8089, the load balancer as host (as
+    clients reach the api), and the metrics port Prometheus' `locust` job scrapes."""
     locust = services()["locust"]
     assert locust["profiles"] == ["loadtest"]
-    assert "--host=http://api:8000" in locust["command"]
+    assert "--host=http://lb:8000" in locust["command"]
     prometheus = yaml.safe_load((REPO_ROOT / "observability/prometheus/prometheus.yml").read_text())
     (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "locust"]
     assert f"--prometheus-port={job['dns_sd_configs'][0]['port']}" in locust["command"]
@@ -312,14 +312,16 @@ def offline_model(tmp_path: Path) -> Any:
     return json.loads(result.stdout)
 
 
-def test_the_offline_variant_runs_api_postgres_redis_prometheus_on_local_images(
+def test_the_offline_variant_runs_lb_api_postgres_redis_prometheus_on_local_images(
     tmp_path: Path,
 ) -> None:
     """Without a profile it starts what can be built here from Debian packages; every
     image is a local stand-in (parity-offline/...) or built from our Dockerfiles FROM
     one; the collector, Jaeger and Grafana are not faked but left to a profile."""
     model = offline_model(tmp_path)
-    assert set(model["services"]) == {"postgres", "redis", "migrate", "seed", "api", "prometheus"}
+    assert set(model["services"]) == {
+        "postgres", "redis", "migrate", "seed", "api", "prometheus", "lb"
+    }  # fmt: skip
     for name, service in model["services"].items():
         if "build" in service:
             assert service["build"]["args"]["PYTHON_IMAGE"].startswith("parity-offline/"), name

@@ -4,6 +4,12 @@
     graceful_timeout  <  compose stop_grace_period
     preStop sleep + graceful_timeout  <  k8s terminationGracePeriodSeconds
 
+and the load balancer in front of the compose replicas (docker/haproxy/haproxy.cfg)
+reads it in time:
+
+    check inter + (fall - 1) x fastinter + check timeout  <  delay
+    drain timeout  <  timeout server;  hard-stop-after  <  lb stop_grace_period
+
 Each source of numbers is one `budgets_from_*` function returning a `Budget` per place it
 sets them; a new source (another manifest, a Helm chart) is one more function in
 `SOURCES`. A source that is not in the repository (yet) contributes nothing.
@@ -295,3 +301,75 @@ def test_compose_and_k8s_use_the_documented_numbers(
     (budget,) = [b for b in BUDGETS if b.source == prefix]
     assert {key: getattr(budget, key) for key in DEPLOYED} == DEPLOYED
     assert (budget.outer_grace, budget.pre_stop_sleep) == (outer_grace, pre_stop_sleep)
+
+
+# --- the load balancer in front of the compose replicas ------------------------------------
+
+HAPROXY_CONFIG = REPO_ROOT / "docker" / "haproxy" / "haproxy.cfg"
+
+
+def haproxy_seconds(value: str) -> float:
+    """HAProxy durations: `500ms`, `1s`, `2m`; a bare number is milliseconds."""
+    match = re.fullmatch(r"(\d+)(us|ms|s|m|h|d)?", value)
+    if not match:
+        raise ValueError(f"not an HAProxy duration: {value!r}")
+    unit = {"us": 1e-6, "ms": 1e-3, None: 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    return int(match.group(1)) * unit[match.group(2)]
+
+
+def haproxy_settings() -> dict[str, str]:
+    """The keywords the budget depends on, from haproxy.cfg: `timeout <name>` lines as
+    `timeout <name>`, `hard-stop-after`, and default-server's `inter`, `fastinter`, `fall`."""
+    found: dict[str, str] = {}
+    for line in HAPROXY_CONFIG.read_text().splitlines():
+        words = line.split("#")[0].split()
+        if words[:1] == ["timeout"] and len(words) == 3:
+            found[f"timeout {words[1]}"] = words[2]
+        elif words[:1] == ["hard-stop-after"]:
+            found["hard-stop-after"] = words[1]
+        elif words[:1] == ["default-server"]:
+            options = words[1:]
+            for name in ("inter", "fastinter", "fall", "rise"):
+                if name in options:
+                    found[name] = options[options.index(name) + 1]
+    return found
+
+
+def compose_api_budget() -> Budget:
+    (budget,) = [b for b in BUDGETS if b.source == "compose.yaml: api"]
+    return budget
+
+
+def test_the_proxy_takes_a_draining_replica_out_while_it_still_serves() -> None:
+    """After SIGTERM a replica answers /ready 503 at once (no cached result) and keeps
+    serving for SHUTDOWN_DELAY_SECONDS. The first failing check comes within `inter`,
+    the next ones every `fastinter`, each waiting up to `timeout check`: the replica is
+    out of the pool before it closes its listener, so no new request is sent there."""
+    proxy = haproxy_settings()
+    inter, fastinter = haproxy_seconds(proxy["inter"]), haproxy_seconds(proxy["fastinter"])
+    detection = (
+        inter + (int(proxy["fall"]) - 1) * fastinter + haproxy_seconds(proxy["timeout check"])
+    )
+    assert detection < compose_api_budget().delay, (detection, proxy)
+
+
+def test_the_proxy_never_cuts_a_request_the_replica_still_drains() -> None:
+    """A request accepted just before the listener closes may run for the whole drain."""
+    proxy = haproxy_settings()
+    assert compose_api_budget().drain < haproxy_seconds(proxy["timeout server"]), proxy
+
+
+def test_the_proxy_stops_by_itself_before_docker_kills_it() -> None:
+    """`docker compose stop lb` sends SIGUSR1 (a soft stop); hard-stop-after ends what is
+    left before stop_grace_period runs out and Docker sends SIGKILL."""
+    with (REPO_ROOT / "compose.yaml").open() as file:
+        lb = yaml.safe_load(file)["services"]["lb"]
+    hard_stop = haproxy_seconds(haproxy_settings()["hard-stop-after"])
+    assert hard_stop < seconds(lb["stop_grace_period"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("500ms", 0.5), ("1s", 1), ("25s", 25), ("300", 0.3)]
+)
+def test_haproxy_durations_parse_like_haproxy(text: str, expected: float) -> None:
+    assert haproxy_seconds(text) == expected
