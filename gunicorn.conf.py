@@ -8,6 +8,7 @@ import os
 import sys
 
 from app import __version__
+from app.proxy_trust import Listener, shared_identity_warning
 from app.settings import load_settings
 from app.telemetry.logging import logging_config
 from app.telemetry.multiprocess import (
@@ -82,6 +83,10 @@ logconfig_dict = logging_config(settings)
 def when_ready(server):  # master, listening, before the first fork
     if _metrics_dir is not None:
         server.log.info("prometheus multiprocess directory: %s", _metrics_dir.path)
+    # Once per server, from the sockets actually bound (app/proxy_trust.py).
+    listeners = [Listener.of(listener.sock) for listener in server.LISTENERS]
+    if warning := shared_identity_warning(listeners, settings.FORWARDED_ALLOW_IPS):
+        server.log.warning(warning)
 
 
 def pre_fork(server, worker):  # master, before each fork

@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from app.proxy_trust import trusted_networks
+
 PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
 
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
@@ -119,8 +121,11 @@ class Settings(BaseSettings):
     GUNICORN_WORKER_CONNECTIONS: int = Field(1000, ge=1, le=100_000)
     # Kernel accept queue of the listening socket (capped by net.core.somaxconn).
     GUNICORN_BACKLOG: int = Field(2048, ge=1, le=65_535)
-    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed. Never "*" by
-    # default: with "*" any client can claim any address.
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or CIDR
+    # networks, comma-separated. Set it to the proxy in front (compose: lb's address;
+    # k8s: the ingress controller's range), or all its clients share one rate-limit
+    # identity (the master warns at start, app/proxy_trust.py). Never "*" by default:
+    # with "*" Uvicorn believes the left-most address, which any client can write.
     FORWARDED_ALLOW_IPS: str = "127.0.0.1,::1"
 
     # --- Security ------------------------------------------------------------------
@@ -193,6 +198,12 @@ class Settings(BaseSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be HOST:PORT (e.g. 0.0.0.0:8000) or unix:PATH")
+        return value
+
+    @field_validator("FORWARDED_ALLOW_IPS")
+    @classmethod
+    def _forwarded_allow_ips_are_networks(cls, value: str) -> str:
+        trusted_networks(value)
         return value
 
     @field_validator("RATE_LIMIT_DEFAULT")

@@ -83,6 +83,13 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
             "'https://app.example.com/login' is not an origin",
         ),
         ("MAX_REQUEST_BODY_BYTES", "-1", "MAX_REQUEST_BODY_BYTES='-1': Input should be greater"),
+        (
+            "FORWARDED_ALLOW_IPS",
+            "10.244.0.1/16",
+            "FORWARDED_ALLOW_IPS='10.244.0.1/16': '10.244.0.1/16' has host bits set "
+            "(the network is 10.244.0.0/16)",
+        ),
+        ("FORWARDED_ALLOW_IPS", "10.0.0.1,*", "'*' trusts every peer and must stand alone"),
     ],
 )
 def test_bad_value_exits_with_one_line_naming_the_variable(
