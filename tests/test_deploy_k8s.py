@@ -1,17 +1,20 @@
 """The Kubernetes base in k8s/: rendered with the real `kubectl kustomize`, validated
 with `kubernetes-validate --strict` against every Kubernetes version we support, then
 checked for what a schema cannot know (restricted Pod Security, probes, the shutdown
-budget, workers matched to the CPU limit, no `latest`)."""
+budget, workers matched to the CPU limit, no `latest`, whose X-Forwarded-For is believed)."""
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from app.proxy_trust import Listener, shared_identity_warning, trusted_networks
 from app.settings import Settings
 from scripts.stack import REPO_ROOT
 from tests.deploy_tools import load_yaml_documents, require, run_tool
@@ -21,12 +24,13 @@ from tests.deploy_tools import load_yaml_documents, require, run_tool
 SUPPORTED_VERSIONS = [f"1.{minor}.0" for minor in range(30, 38)]
 SECRET_EXAMPLE = REPO_ROOT / "k8s" / "examples" / "secret.example.yaml"
 MULTIPROC_DIR = "/run/parity/metrics"  # the Dockerfile's PROMETHEUS_MULTIPROC_DIR
+KUBERNETES_DOC = REPO_ROOT / "docs" / "kubernetes.md"
 
 
 @functools.cache
-def rendered() -> str:
+def rendered(kustomization: str = "k8s/") -> str:
     kubectl = require("kubectl", "install kubectl (it carries kustomize)")
-    result = run_tool([kubectl, "kustomize", "k8s/"])
+    result = run_tool([kubectl, "kustomize", kustomization])
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -41,13 +45,15 @@ def find_values(tree: Any, key: str) -> list[Any]:
     return []
 
 
-def resources() -> dict[str, dict[str, Any]]:
+def resources(kustomization: str = "k8s/") -> dict[str, dict[str, Any]]:
     """Rendered resources by `Kind/name`."""
-    return {f"{d['kind']}/{d['metadata']['name']}": d for d in load_yaml_documents(rendered())}  # type: ignore[index]
+    documents = load_yaml_documents(rendered(kustomization))
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in documents}  # type: ignore[index]
 
 
-def resource(kind: str, name_prefix: str) -> dict[str, Any]:
-    (match,) = [d for key, d in resources().items() if key.startswith(f"{kind}/{name_prefix}")]
+def resource(kind: str, name_prefix: str, kustomization: str = "k8s/") -> dict[str, Any]:
+    found = resources(kustomization).items()
+    (match,) = [d for key, d in found if key.startswith(f"{kind}/{name_prefix}")]
     return match
 
 
@@ -60,9 +66,31 @@ def pod_templates() -> dict[str, dict[str, Any]]:
     return found
 
 
-def api_container() -> dict[str, Any]:
-    (container,) = resource("Deployment", "parity-api")["spec"]["template"]["spec"]["containers"]
+def api_container(kustomization: str = "k8s/") -> dict[str, Any]:
+    deployment = resource("Deployment", "parity-api", kustomization)
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return container
+
+
+def container_variable(name: str, kustomization: str = "k8s/") -> str | None:
+    """The value the api container gets for `name`, as the kubelet resolves it: an `env`
+    entry wins over `envFrom`, and among `envFrom` sources the last one holding it."""
+    container = api_container(kustomization)
+    for entry in container.get("env", []):
+        if entry["name"] == name:
+            value: str | None = entry.get("value")  # a valueFrom is no literal setting
+            return value
+    config_maps = {
+        key.split("/", 1)[1]: document.get("data", {})
+        for key, document in resources(kustomization).items()
+        if key.startswith("ConfigMap/")
+    }
+    value = None
+    for source in container.get("envFrom", []):
+        data = config_maps.get(source.get("configMapRef", {}).get("name"), {})
+        prefix = source.get("prefix", "")
+        value = next((v for k, v in data.items() if prefix + k == name), value)
+    return value
 
 
 def config_values() -> dict[str, str]:
@@ -208,3 +236,65 @@ def test_every_variable_given_to_the_app_is_a_setting() -> None:
     variables = set(config_values()) | {e["name"] for c in containers for e in c.get("env", [])}
     unknown = {v for v in variables if v not in known and not v.startswith("OTEL_")}
     assert not unknown
+
+
+def documented_overlay(directory: Path) -> str:
+    """The overlay docs/kubernetes.md tells a user to write (its "Trusted proxies"
+    section), written to `directory` with its path to the base adjusted; returns the
+    directory, for `kubectl kustomize`."""
+    section = KUBERNETES_DOC.read_text().split("## Trusted proxies", 1)[1].split("\n## ", 1)[0]
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "merge" in b]
+    base = os.path.relpath(REPO_ROOT / "k8s", directory)
+    assert "  - ../../k8s\n" in block
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "kustomization.yaml").write_text(block.replace("../../k8s", base))
+    return str(directory)
+
+
+def start_warning(config: dict[str, str], trusted: str) -> str | None:
+    """The warning a pod's master logs at start (app/proxy_trust.py) for the IPv4 TCP bind
+    of `config` and FORWARDED_ALLOW_IPS=`trusted`."""
+    bind = config["GUNICORN_BIND"]
+    return shared_identity_warning([Listener(bind.rsplit(":", 1)[0], bind)], trusted)
+
+
+def test_the_base_trusts_no_proxy_by_default_and_says_so_at_start() -> None:
+    """The base's FORWARDED_ALLOW_IPS, as the api container gets it, is never "*" and
+    trusts loopback only: no peer in the cluster is believed until an overlay names the
+    ingress, and until then every pod logs the warning of app/proxy_trust.py."""
+    trusted = container_variable("FORWARDED_ALLOW_IPS")
+    assert trusted is not None
+    assert "*" not in trusted
+    networks = trusted_networks(trusted)
+    assert networks
+    assert all(network.is_loopback for network in networks)
+    assert start_warning(config_values(), trusted)
+
+
+def test_the_documented_overlay_sets_the_trusted_proxy_range(tmp_path: Path) -> None:
+    """The overlay of docs/kubernetes.md (one `behavior: merge` literal) renders, validates,
+    and its range is what the api container gets as FORWARDED_ALLOW_IPS; the base's
+    other settings are kept, the ConfigMap's name changes (so pods roll), and the
+    start-up warning is gone."""
+    overlay = documented_overlay(tmp_path / "overlays" / "prod")
+    validate = require("kubernetes-validate", "`make venv` installs it")
+    result = run_tool(
+        [validate, "--strict", "--quiet", "-k", SUPPORTED_VERSIONS[-1], "-"],
+        input=rendered(overlay),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    trusted = container_variable("FORWARDED_ALLOW_IPS", overlay)
+    (literal,) = re.findall(
+        r"- FORWARDED_ALLOW_IPS=(\S+)", (Path(overlay) / "kustomization.yaml").read_text()
+    )
+    assert trusted == literal
+    networks = trusted_networks(trusted)
+    assert networks
+    assert not any(network.is_loopback for network in networks)
+
+    base = resource("ConfigMap", "parity-api-config")
+    merged = resource("ConfigMap", "parity-api-config", overlay)
+    assert merged["metadata"]["name"] != base["metadata"]["name"]
+    assert merged["data"] == {**base["data"], "FORWARDED_ALLOW_IPS": trusted}
+    assert start_warning(merged["data"], trusted) is None
