@@ -1,5 +1,6 @@
 """The limit holds across real Gunicorn workers: exactly the quota per client with 4
-workers deciding, X-Forwarded-For believed only from a trusted proxy, and
+workers deciding, X-Forwarded-For believed only from proxies in the trusted range (a
+CIDR network, as an ingress controller's pods are), and
 `scripts/verify_rate_limit.py --native` passing."""
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ WORKERS = 4
 QUOTA = 10
 POLICY = Policy("default", QUOTA, 60)
 PRODUCTS = "/api/v1/products?limit=1"
+# FORWARDED_ALLOW_IPS as a network, like an ingress controller's pod CIDR: two proxies
+# inside it (two ingress pods), and the untrusted client outside it.
+TRUSTED_PROXIES = "127.0.0.16/28"
+PROXIES = ("127.0.0.17", "127.0.0.30")
 
 
 @pytest.fixture(scope="module")
 def server(database_url: str, redis_prefix: str) -> Iterator[GunicornProcess]:
-    """4 workers, 10 requests per 60 s, only 127.0.0.1 trusted as a proxy."""
+    """4 workers, 10 requests per 60 s, proxies trusted in 127.0.0.16/28 only."""
     stack = NativeStack(database_url=database_url)
     env = {
         "REDIS_URL": REDIS_URL,
@@ -45,7 +50,7 @@ def server(database_url: str, redis_prefix: str) -> Iterator[GunicornProcess]:
         "RATE_LIMIT_ENABLED": "true",
         "RATE_LIMIT_DEFAULT": f"{QUOTA}/60s",
         "RATE_LIMIT_ROUTES": "",
-        "FORWARDED_ALLOW_IPS": "127.0.0.1",
+        "FORWARDED_ALLOW_IPS": TRUSTED_PROXIES,
         # A worker's event loop busy with the burst must not push the Redis call past
         # its bound (that would fail open, correctly, but not exactly).
         "REDIS_TIMEOUT_SECONDS": "2",
@@ -104,23 +109,42 @@ def test_four_workers_admit_exactly_the_quota_per_client(server: GunicornProcess
 
 
 def test_a_client_forging_x_forwarded_for_is_still_limited(server: GunicornProcess) -> None:
-    """1. a client at 127.0.0.2 (not a trusted proxy) sends 25 requests, each with a
+    """1. a client at 127.0.0.2 (outside the trusted range) sends 25 requests, each with a
     different X-Forwarded-For  -> Uvicorn ignores the header; all 25 count against
-    127.0.0.2 and exactly 10 are allowed."""
+    127.0.0.2 and exactly 10 are allowed. (The same happens to a real proxy that is not
+    trusted: all its clients share one quota.)"""
     report = asyncio.run(burst(server, 25, local_address=UNTRUSTED_LOOPBACK, forge=True))
     assert (report.allowed, report.limited) == (QUOTA, 25 - QUOTA), report
     assert report.header_errors == []
 
 
-def test_x_forwarded_for_from_a_trusted_proxy_is_believed(server: GunicornProcess) -> None:
-    """From 127.0.0.1 (FORWARDED_ALLOW_IPS): 15 different forwarded addresses are 15
-    clients (all allowed); one forwarded address 11 times is one client (10 allowed)."""
-    many, one = forged_addresses(15), forged_addresses(1)[0]
-    with httpx.Client(base_url=server.base_url) as client:
-        distinct = [client.get(PRODUCTS, headers={"X-Forwarded-For": a}) for a in many]
-        repeated = [client.get(PRODUCTS, headers={"X-Forwarded-For": one}) for _ in range(11)]
-    assert {r.status_code for r in distinct} == {200}
-    assert [r.status_code for r in repeated] == [200] * QUOTA + [429]
+def test_x_forwarded_for_from_a_trusted_proxy_range_is_believed(server: GunicornProcess) -> None:
+    """Through two proxies inside FORWARDED_ALLOW_IPS=127.0.0.16/28 (127.0.0.17 and
+    127.0.0.30, like two ingress controller pods), requests taking turns:
+    1. 25 different forwarded addresses  -> 25 clients, all allowed (were the proxies not
+    trusted, all would count as the two proxies' addresses: 20 allowed, 5 refused)
+    2. one forwarded address 11 times  -> one client, whichever proxy forwards it:
+    10 allowed, the 11th refused."""
+    many, one = forged_addresses(2 * QUOTA + 5), forged_addresses(1)[0]
+    proxies = [
+        httpx.Client(base_url=server.base_url, transport=httpx.HTTPTransport(local_address=a))
+        for a in PROXIES
+    ]
+
+    def through_proxies(forwarded: list[str]) -> list[int]:
+        return [
+            proxies[index % 2].get(PRODUCTS, headers={"X-Forwarded-For": address}).status_code
+            for index, address in enumerate(forwarded)
+        ]
+
+    try:
+        distinct = through_proxies(many)
+        repeated = through_proxies([one] * (QUOTA + 1))
+    finally:
+        for proxy in proxies:
+            proxy.close()
+    assert distinct == [200] * len(many)
+    assert repeated == [200] * QUOTA + [429]
 
 
 def test_verify_script_passes_natively_with_four_workers(database_url: str) -> None:
