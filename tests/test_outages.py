@@ -1,5 +1,5 @@
 """Dependency faults for real: a Gunicorn with 2 workers on its own throwaway Postgres
-and Redis (scripts/throwaway.py), under a steady load (scripts/chaos.py's SteadyLoad),
+and Redis (scripts/throwaway.py), under a steady load (scripts/load.py's SteadyLoad),
 while the test stops, hangs and restarts them. Both URLs carry passwords, and the
 last step of each test greps the server's log and the answers for them."""
 
@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from scripts.chaos import DB_ROUTES, Sample, SteadyLoad, default_requests, wait_ready
+from scripts.chaos import DB_ROUTES, wait_ready
+from scripts.load import Sample, SteadyLoad, default_requests
 from scripts.stack import GunicornProcess, NativeStack
 from scripts.throwaway import TemporaryPostgres, TemporaryRedis
 
