@@ -81,12 +81,24 @@ def test_readiness_decides_pool_membership_and_every_replica_is_discovered() -> 
         "uri",
         "/ready",
     ]
-    (template,) = [w for w in lines if w[:2] == ["server-template", "api"]]
+    template, unchecked = [w for w in lines if w[:2] == ["server-template", "api"]]
     assert template[3] == "api:8000"
     assert "check" in template
-    (defaults,) = [w for w in lines if w[0] == "default-server"]
-    assert {"resolvers", "docker"} <= set(defaults)
+    assert unchecked[2:4] == template[2:4]
+    assert "check" not in unchecked
+    for defaults in [w for w in lines if w[0] == "default-server"]:
+        assert {"resolvers", "docker"} <= set(defaults)
     assert ["nameserver", "docker", "127.0.0.11:53"] in lines
+
+
+def test_with_no_ready_replica_requests_still_reach_the_replicas() -> None:
+    """When Postgres is down every /ready fails at once; the replicas still serve cached
+    reads and /health and answer the rest with a problem. So with no server of `api` up,
+    the frontend uses `api_panic`: the same replicas, unchecked, rather than answering
+    every request 503 itself."""
+    lines = config_lines()
+    assert ["use_backend", "api_panic", "if", "{", "nbsrv(api)", "eq", "0", "}"] in lines
+    assert ["backend", "api_panic"] in lines
 
 
 def test_only_idempotent_requests_are_retried_after_a_replica_answered_nothing() -> None:

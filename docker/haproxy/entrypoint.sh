@@ -4,7 +4,8 @@
 # Compose itself refuses a value that is not a whole number >= 0.
 set -eu
 config=${HAPROXY_CONFIG:-/usr/local/etc/haproxy/haproxy.cfg}
-slots=$(sed -n 's/^ *server-template api \([0-9][0-9]*\) .*/\1/p' "$config")
+# The slots of backend api (the first server-template; api_panic has as many).
+slots=$(sed -n 's/^ *server-template api \([0-9][0-9]*\) .*/\1/p' "$config" | head -n 1)
 replicas=${API_REPLICAS:-}
 case "$replicas" in
     '' | *[!0-9]*)
