@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help venv services run test lint audit format lock clean dashboards verify-dashboards tools images-offline e2e up up-offline down logs verify-shutdown
+.PHONY: help venv services run test lint audit format lock clean dashboards verify-dashboards tools images-offline e2e up up-offline down logs verify-shutdown rollout
 
 .PHONY: loadtest tune demo
 
@@ -78,6 +78,9 @@ down: ## docker compose: stop and remove the stack (data volumes are kept)
 
 logs: ## docker compose: follow the logs of every service
 	$(COMPOSE) logs --follow --tail=100
+
+rollout: venv ## docker compose: replace every api replica one at a time under load; errors, p99, plot in results/rollout/ (ROLLOUT_ARGS=)
+	$(BIN)/python scripts/rollout.py $(ROLLOUT_ARGS)
 
 loadtest: venv ## headless Locust against HOST (SCENARIO=, SHAPE=, LOCUST_ARGS=); CSV + HTML in results/
 	mkdir -p $(LOADTEST_DIR) && $(BIN)/locust --config loadtest/locust.conf --headless --host $(HOST) --tags $(SCENARIO) --shape $(SHAPE) --csv $(LOADTEST_DIR)/locust --html $(LOADTEST_DIR)/report.html $(LOCUST_ARGS)

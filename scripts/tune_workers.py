@@ -230,14 +230,19 @@ class ComposeTarget:
         self.stack.wait_ready(timeout=120)
 
     def start(self, workers: int, log_path: Path) -> None:
-        self.stack.recreate({"GUNICORN_WORKERS": str(workers)})
+        # One replica behind the load balancer: the sweep sizes the workers of one
+        # container (its CPU limit); replicas multiply what one of them does.
+        self.stack.recreate({"GUNICORN_WORKERS": str(workers), "API_REPLICAS": "1"})
         self.stack.wait_ready(timeout=120)
 
     def stop(self) -> None:
         """The service stays up between counts; `start` recreates it."""
 
     def cleanup(self) -> None:
-        """The compose stack is the user's: leave it running."""
+        """The compose stack is the user's: back to its own replicas and workers (its
+        .env or compose.yaml's defaults), left running."""
+        self.stack.recreate({})
+        self.stack.wait_ready(timeout=120)
 
     def master_and_worker_pids(self) -> tuple[list[int], list[int]]:
         result = self.stack.compose("top", self.stack.service, check=False)
