@@ -328,6 +328,30 @@ def source_metrics(expr: str, recorded: dict[str, str]) -> set[str]:
     return {name for name in found if name not in recorded}
 
 
+def required_jobs(expr: str, recorded: dict[str, str]) -> set[str]:
+    """The scrape jobs an expression selects by name (`job="lb"`), following recording
+    rules: it can have data only where those jobs are scraped. A regex (`job=~"a|b"`)
+    requires none of them in particular and is not counted."""
+    jobs: set[str] = set()
+    seen: set[str] = set()
+    pending = [expr]
+    while pending:
+        query = pending.pop()
+
+        def visit(node: Any) -> None:
+            if not isinstance(node, promql_parser.VectorSelector):
+                return
+            for matcher in node.matchers.matchers:
+                if matcher.name == "job" and matcher.op == promql_parser.MatchOp.Equal:
+                    jobs.add(matcher.value)
+            if node.name in recorded and node.name not in seen:
+                seen.add(node.name)
+                pending.append(recorded[node.name])
+
+        promql_parser.walk(promql_parser.parse(query), visit)
+    return jobs
+
+
 def recorded_rules(rules: list[Path] | None = None) -> dict[str, str]:
     """Recorded series name -> expression, from every rule file."""
     recorded = {}

@@ -5,13 +5,22 @@ Prometheus, and check that the request counters it scraped equal the requests se
 
     python scripts/verify_dashboards.py --native     # Gunicorn + Prometheus on free ports
     python scripts/verify_dashboards.py --compose    # compose: Prometheus :9090, API :8000
+    python scripts/verify_dashboards.py --compose --only-job lb   # the lb panels, no traffic
     python scripts/verify_dashboards.py --prometheus-url URL --api-url URL
 
 --native starts everything itself (needs prometheus/promtool, Postgres, redis-server):
 Gunicorn with 2 workers on this machine's Postgres, a throwaway Redis it can stop, and
 Prometheus with a config derived from observability/prometheus/prometheus.yml (1 s
-intervals). Exit status 1 when any expression has no data, a rule is unhealthy or a
-counter is off.
+intervals). --compose finds the stack the way `docker compose` does (COMPOSE_FILE,
+COMPOSE_PROJECT_NAME) and its ports in PROMETHEUS_PORT and API_PORT (defaults 9090,
+8000). --only-job JOB checks just the expressions that select that scrape job, over
+what Prometheus already holds (the last 5 minutes): no traffic, no outage, a second or
+two.
+
+An expression that needs a scrape job this Prometheus does not have (natively: the
+collector, Locust and the load balancer; in compose.offline.yaml: the collector) is
+reported SKIPPED with the reason, never silently dropped nor failed. Exit status 1 when
+any other expression has no data, a rule is unhealthy or a counter is off.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,18 +44,55 @@ from scripts.prometheus_native import NativePrometheus, PrometheusAPI, native_co
 from scripts.promql_inventory import (
     Expression,
     GrafanaContext,
+    duration,
     inventory,
     recorded_rules,
+    required_jobs,
     source_metrics,
 )
-from scripts.stack import ComposeStack, GunicornProcess, NativeStack, StackError, free_port
+from scripts.stack import (
+    ComposeStack,
+    GunicornProcess,
+    NativeStack,
+    StackError,
+    compose_api_url,
+    free_port,
+)
 from scripts.traffic import Phase, TrafficReport, run_traffic, seeded_product_ids
 
-# Jobs of prometheus.yml that have no native counterpart: no OpenTelemetry Collector
-# binary is packaged for Debian, so --native cannot scrape it (compose does). `locust`
-# exists only while a load test runs; tests/test_loadtest.py targets it. `lb` is
-# compose's load balancer; the compose e2e checks its panels (scripts/compose_e2e.py).
-NATIVE_DROPPED_JOBS = ("otel-collector", "spanmetrics", "locust", "lb")
+NO_COLLECTOR = (
+    "no OpenTelemetry Collector here (no Debian package: not run natively nor by "
+    "compose.offline.yaml); checked against the full compose stack"
+)
+
+# Jobs of prometheus.yml that have no native counterpart -> why. --native drops them
+# from its Prometheus, and reports every expression that selects one as skipped, with
+# this reason.
+NATIVE_DROPPED: dict[str, str] = {
+    "otel-collector": NO_COLLECTOR,
+    "spanmetrics": NO_COLLECTOR,
+    "locust": "Locust runs only during a load test: tests/test_loadtest.py checks its panels",
+    "lb": (
+        "compose's load balancer (HAProxy); natively one Gunicorn and no proxy: "
+        "checked by --compose, e.g. `--compose --only-job lb` (scripts/compose_e2e.py)"
+    ),
+}
+NATIVE_DROPPED_JOBS = tuple(NATIVE_DROPPED)
+
+# Jobs that a supported compose stack may lack -> why. compose.offline.yaml (what CI
+# runs) has no collector: Prometheus keeps its targets, down; `locust` (profile
+# loadtest) has no target unless a load test runs. With --compose, an expression that
+# selects one of these is checked when the job has a target up, and skipped with the
+# reason otherwise. Every other job (api, lb, prometheus) is in every variant: an
+# expression of theirs without data fails.
+OPTIONAL_JOBS: dict[str, str] = {
+    "otel-collector": NO_COLLECTOR,
+    "spanmetrics": NO_COLLECTOR,
+    "locust": "Locust runs only during a load test (compose profile loadtest)",
+}
+
+# --only-job: how far back the expressions are queried (what Prometheus already holds).
+ONLY_JOB_LOOKBACK = 300.0
 
 # Settings of the API for the traffic: reads practically unlimited (so the read panels
 # see steady traffic), writes keep the default policy (20/min per client), which the
@@ -58,7 +105,7 @@ TRAFFIC_APP_ENV = {"RATE_LIMIT_ENABLED": "true", "RATE_LIMIT_DEFAULT": "100000/6
 @dataclass(frozen=True)
 class Check:
     expression: Expression
-    status: str  # ok | no data | error | pending
+    status: str  # ok | no data | error | pending | skipped (its job is not scraped here)
     detail: str
 
 
@@ -69,6 +116,7 @@ class Verification:
     rule_problems: list[str] = field(default_factory=list)
     counter_mismatches: list[str] = field(default_factory=list)
     pending_problems: list[str] = field(default_factory=list)
+    unavailable_jobs: dict[str, str] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[str]:
@@ -105,6 +153,7 @@ class Verification:
             "rule_problems": self.rule_problems,
             "counter_mismatches": self.counter_mismatches,
             "pending_problems": self.pending_problems,
+            "unavailable_jobs": self.unavailable_jobs,
         }
 
 
@@ -136,20 +185,71 @@ def check_all(
     end: float,
     step: float,
     pending: Mapping[str, str] = {},
+    *,
+    unavailable: Mapping[str, str] = {},
 ) -> list[Check]:
-    """Check every expression. One without data that depends on a metric listed in
-    `pending` (metric -> why it is not exported yet) is reported as pending, not
-    failed; `pending_problems` makes sure such a metric really is absent."""
+    """Check every expression. One without data that selects a scrape job listed in
+    `unavailable` (job -> why this Prometheus does not scrape it) is reported as
+    skipped; one that depends on a metric listed in `pending` (metric -> why it is not
+    exported yet) as pending; neither fails. `pending_problems` makes sure a pending
+    metric really is absent. Every expression is still queried: a PromQL error is an
+    error wherever it is evaluated."""
     recorded = recorded_rules()
     checks = []
     for expression in expressions:
         check = check_expression(api, expression, start, end, step)
-        waiting = sorted(source_metrics(expression.query, recorded) & set(pending))
-        if check.status == "no data" and waiting:
-            reasons = "; ".join(f"{m}: {pending[m]}" for m in waiting)
-            check = Check(expression, "pending", reasons)
+        if check.status == "no data":
+            missing = sorted(required_jobs(expression.query, recorded) & set(unavailable))
+            waiting = sorted(source_metrics(expression.query, recorded) & set(pending))
+            if missing:
+                reasons = "; ".join(f"job {job}: {unavailable[job]}" for job in missing)
+                check = Check(expression, "skipped", reasons)
+            elif waiting:
+                reasons = "; ".join(f"{m}: {pending[m]}" for m in waiting)
+                check = Check(expression, "pending", reasons)
         checks.append(check)
     return checks
+
+
+def unavailable_jobs(
+    api: PrometheusAPI, optional: Mapping[str, str] = OPTIONAL_JOBS
+) -> dict[str, str]:
+    """The `optional` jobs (job -> why a stack may lack it) that this Prometheus has no
+    target up for, with the reason and what Prometheus says."""
+    targets = api.targets()
+    found = {}
+    for job, why in optional.items():
+        mine = [t for t in targets if t["labels"].get("job") == job]
+        if not mine:
+            found[job] = f"{why} (Prometheus has no target for it)"
+        elif not any(t["health"] == "up" for t in mine):
+            error = mine[0].get("lastError") or mine[0]["health"]
+            found[job] = f"{why} (no target up: {error})"
+    return found
+
+
+def require_up(api: PrometheusAPI, job: str, lookback: float, timeout: float = 45.0) -> None:
+    """Every target of `job` is up in Prometheus (its last scrape succeeded) and was
+    scraped at least twice in the last `lookback` seconds, so that rate() has two samples
+    (waits up to `timeout` for a stack that has just started)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mine = [t for t in api.targets() if t["labels"].get("job") == job]
+        if not mine:
+            raise StackError(f"Prometheus has no target of job {job!r}")
+        down = [
+            f"{t['scrapeUrl']}: {t.get('lastError') or t['health']}"
+            for t in mine
+            if t["health"] != "up"
+        ]
+        if down:
+            raise StackError(f"job {job!r} is not scraped: " + "; ".join(down))
+        scrapes = api.query(f'min(count_over_time(up{{job="{job}"}}[{duration(lookback)}]))')
+        if scrapes and float(scrapes[0]["value"][1]) >= 2:
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"job {job!r}: fewer than 2 scrapes in the last {lookback:.0f}s")
+        time.sleep(1.0)
 
 
 def pending_problems(api: PrometheusAPI, pending: Mapping[str, str]) -> list[str]:
@@ -231,37 +331,77 @@ def verify(
     phases: Sequence[Phase],
     context: GrafanaContext,
     pending: Mapping[str, str] = {},
+    unavailable: Mapping[str, str] = {},
     expressions: Sequence[Expression] | None = None,
     check_counters: bool = True,
     progress: Callable[[str], None] = lambda message: None,
 ) -> Verification:
     """Traffic, then every check. `api` must already scrape the API at `base_url`.
-    `check_counters=False` when other clients use the API meanwhile (then the counters
-    grow by more than this traffic sent)."""
+    `unavailable`: scrape jobs this Prometheus does not have -> why (their expressions
+    are skipped). `check_counters=False` when other clients use the API meanwhile (then
+    the counters grow by more than this traffic sent)."""
+    found = list(expressions) if expressions is not None else inventory(context)
+    recorded = recorded_rules()
+    scraped_jobs = set().union(*(required_jobs(e.query, recorded) for e in found))
+    scraped_jobs = (scraped_jobs | {"api"}) - set(unavailable)
     product_ids = seeded_product_ids(base_url)
     api.wait_for_scrape("api", after=time.time())
     before = scraped_request_counts(api, at=time.time())
     traffic = run_traffic(base_url, phases, product_ids=product_ids, progress=progress)
     progress("waiting for Prometheus to scrape and evaluate the rules after the traffic")
-    api.wait_for_scrape("api", after=traffic.finished)
+    for job in sorted(scraped_jobs):
+        api.wait_for_scrape(job, after=traffic.finished)
     api.wait_for_rule_evaluation(after=time.time())
     end = time.time()
-    result = Verification(traffic)
+    result = Verification(traffic, unavailable_jobs=dict(unavailable))
     if check_counters:
         result.counter_mismatches = counter_mismatches(
             traffic.by_route(), before, scraped_request_counts(api, at=end)
         )
-    found = list(expressions) if expressions is not None else inventory(context)
     progress(f"querying {len(found)} expressions over the {end - traffic.started:.0f}s window")
-    result.checks = check_all(api, found, traffic.started, end, context.step, pending)
+    result.checks = check_all(
+        api, found, traffic.started, end, context.step, pending, unavailable=unavailable
+    )
     result.rule_problems = rule_problems(api)
     result.pending_problems = pending_problems(api, pending)
     return result
 
 
+def verify_jobs(
+    api: PrometheusAPI,
+    jobs: Sequence[str],
+    *,
+    context: GrafanaContext,
+    lookback: float = ONLY_JOB_LOOKBACK,
+    progress: Callable[[str], None] = lambda message: None,
+) -> Verification:
+    """Only the expressions that select one of `jobs` (e.g. ["lb"]: the Load balancer
+    dashboard), range-queried over the last `lookback` seconds of what Prometheus
+    already holds: no traffic, no outage, no counter check. Every target of each job
+    must be up (StackError otherwise), and at least one expression must select it."""
+    recorded = recorded_rules()
+    wanted = set(jobs)
+    found = [
+        e
+        for e in inventory(context, include_load_test="locust" in wanted)
+        if required_jobs(e.query, recorded) & wanted
+    ]
+    unknown = wanted - set().union(*(required_jobs(e.query, recorded) for e in found))
+    if unknown:
+        raise StackError(f"no dashboard or rule expression selects job {sorted(unknown)}")
+    for job in sorted(wanted):
+        require_up(api, job, lookback)
+    end = time.time()
+    progress(f"querying {len(found)} expressions of job {sorted(wanted)} over {lookback:.0f}s")
+    result = Verification(TrafficReport(started=end - lookback, finished=end))
+    result.checks = check_all(api, found, end - lookback, end, context.step)
+    return result
+
+
 @contextlib.contextmanager
 def native_prometheus(server: GunicornProcess, interval: float = 1.0) -> Iterator[NativePrometheus]:
-    """Prometheus scraping `server` (and itself) with our rules, on a free port."""
+    """Prometheus scraping `server` (and itself) with our rules, on a free port; the
+    jobs of NATIVE_DROPPED are left out (pass `unavailable=NATIVE_DROPPED` to verify)."""
     port = free_port()  # chosen first: Prometheus scrapes itself
     config = native_config(
         {"api": [f"{server.host}:{server.port}"], "prometheus": [f"127.0.0.1:{port}"]},
@@ -276,20 +416,36 @@ def native_prometheus(server: GunicornProcess, interval: float = 1.0) -> Iterato
 
 
 def print_report(result: Verification, verbose: bool) -> None:
-    print(f"\ntraffic: {result.traffic.summary()}")
+    if result.traffic.phases:
+        print(f"\ntraffic: {result.traffic.summary()}")
+    else:
+        print("\ntraffic: none sent (--only-job: what Prometheus already holds)")
+    for job, why in sorted(result.unavailable_jobs.items()):
+        print(f"not scraped here: job {job}: {why}")
     width = max((len(str(c.expression)) for c in result.checks), default=0)
+    recorded = recorded_rules()
     for check in result.checks:
+        detail = check.detail
+        if check.status == "skipped":  # the reason is printed above, once per job
+            jobs = required_jobs(check.expression.query, recorded) & set(result.unavailable_jobs)
+            detail = f"needs job {', '.join(sorted(jobs))}"
         if verbose or check.status != "ok":
-            print(f"  {check.status.upper():8} {check.expression!s:{width}}  {check.detail}")
+            print(f"  {check.status.upper():8} {check.expression!s:{width}}  {detail}")
     counts: dict[str, int] = {}
     for check in result.checks:
         counts[check.status] = counts.get(check.status, 0) + 1
     print("expressions: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     for problem in result.rule_problems + result.counter_mismatches + result.pending_problems:
         print(f"  PROBLEM  {problem}")
-    if not result.counter_mismatches:
+    if result.traffic.phases and not result.counter_mismatches:
         print(f"request counters: no mismatch over {len(result.traffic.by_route())} routes")
-    print("OK: every expression has data" if result.ok else "FAILED")
+    skipped = counts.get("skipped", 0)
+    if not result.ok:
+        print("FAILED")
+    elif skipped:
+        print(f"OK: every expression has data, except {skipped} skipped (listed above, with why)")
+    else:
+        print("OK: every expression has data")
 
 
 def run_native(args: argparse.Namespace, progress: Callable[[str], None]) -> Verification:
@@ -313,6 +469,7 @@ def run_native(args: argparse.Namespace, progress: Callable[[str], None]) -> Ver
                 server.base_url,
                 phases=default_phases(redis.stop, redis.start),
                 context=GrafanaContext(scrape_interval=1.0, step=1.0),
+                unavailable=NATIVE_DROPPED,
                 progress=progress,
             )
 
@@ -321,21 +478,36 @@ def run_remote(args: argparse.Namespace, progress: Callable[[str], None]) -> Ver
     api = PrometheusAPI(args.prometheus_url)
     if not api.ready():
         raise StackError(f"Prometheus at {args.prometheus_url} is not ready")
-    down = up = None
-    if args.compose:
-        compose = ComposeStack()
-        down, up = (lambda: compose.stop_service("redis")), (lambda: compose.start_service("redis"))
+    context = GrafanaContext(scrape_interval=15.0, step=15.0)
     try:
+        if args.only_job:
+            return verify_jobs(api, args.only_job, context=context, progress=progress)
+        unavailable = unavailable_jobs(api)
+        if unavailable:
+            progress(f"not scraped here (their expressions are skipped): {sorted(unavailable)}")
+        down = up = None
+        if args.compose:
+            compose = ComposeStack()
+            down, up = (
+                (lambda: compose.stop_service("redis")),
+                (lambda: compose.start_service("redis")),
+            )
         return verify(
             api,
             args.api_url,
             phases=default_phases(down, up),
-            context=GrafanaContext(scrape_interval=15.0, step=15.0),
+            context=context,
+            unavailable=unavailable,
             check_counters=not args.other_traffic,
             progress=progress,
         )
     finally:
         api.close()
+
+
+def compose_prometheus_url() -> str:
+    """Where compose publishes Prometheus: compose.yaml's `${PROMETHEUS_PORT:-9090}`."""
+    return f"http://127.0.0.1:{os.environ.get('PROMETHEUS_PORT') or 9090}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -348,7 +520,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument("--native", action="store_true", help="start Gunicorn and Prometheus here")
     mode.add_argument("--compose", action="store_true", help="the running compose stack")
     mode.add_argument("--prometheus-url", help="a running Prometheus that scrapes --api-url")
-    parser.add_argument("--api-url", default="http://127.0.0.1:8000", help="API base URL")
+    parser.add_argument(
+        "--api-url", help="API base URL (default: 127.0.0.1 and API_PORT, else 8000)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="--native: Gunicorn workers")
     parser.add_argument("--products", type=int, default=1000, help="--native: products to seed")
     parser.add_argument(
@@ -356,11 +530,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="others use the API meanwhile (e.g. Locust): skip the exact counter check",
     )
+    parser.add_argument(
+        "--only-job",
+        action="append",
+        metavar="JOB",
+        help="only the expressions that select this scrape job (e.g. lb; repeatable), over "
+        "what Prometheus already holds: no traffic, no outage, no counter check",
+    )
     parser.add_argument("--verbose", action="store_true", help="list passing expressions too")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     if args.compose:
-        args.prometheus_url = "http://127.0.0.1:9090"
+        args.prometheus_url = compose_prometheus_url()
+    if args.api_url is None:
+        args.api_url = compose_api_url()
+    if args.native and args.only_job:
+        parser.error("--only-job needs --compose or --prometheus-url (--native scrapes no lb)")
     if args.workers < 1 or args.products < 1:
         parser.error("--workers and --products must be at least 1")
     return args
