@@ -31,18 +31,29 @@ from scripts.prometheus_native import (
 )
 from scripts.promql_inventory import (
     DATASOURCES_FILE,
+    Expression,
     GrafanaContext,
     alert_signals,
     dashboard_files,
     inventory,
     iter_panels,
+    metric_names,
+    required_jobs,
     rule_files,
     source_metrics,
     substitute,
     variable_values,
 )
 from scripts.stack import REPO_ROOT, StackError, free_port
-from scripts.verify_dashboards import NATIVE_DROPPED_JOBS, check_all, rule_problems
+from scripts.verify_dashboards import (
+    NATIVE_DROPPED,
+    NATIVE_DROPPED_JOBS,
+    OPTIONAL_JOBS,
+    check_all,
+    rule_problems,
+    unavailable_jobs,
+    verify_jobs,
+)
 
 OBSERVABILITY = REPO_ROOT / "observability"
 COLLECTOR_CONFIG = OBSERVABILITY / "otel-collector" / "config.yaml"
@@ -50,6 +61,39 @@ JAEGER_CONFIG = OBSERVABILITY / "jaeger" / "config.yaml"
 DASHBOARD_PROVIDER = OBSERVABILITY / "grafana" / "provisioning" / "dashboards" / "dashboards.yaml"
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 DOCS = REPO_ROOT / "docs" / "observability.md"
+HAPROXY_CONFIG = REPO_ROOT / "docker" / "haproxy" / "haproxy.cfg"
+LB_DASHBOARD = "load-balancer.json"
+
+# Every HAProxy exporter metric the dashboards may use: names that both HAProxy 2.6
+# (Debian 12's 2.6.12, the offline stand-in CI runs: read from its /metrics) and 3.2
+# (the image compose.yaml pins: addons/promex and src/stats-proxy.c of v3.2.0) export
+# for the object the name says (frontend, backend, server), with the same labels
+# (proxy, server, state, code). A name only one of them has (3.x's
+# haproxy_server_http_requests_total, ...) is not here: count responses instead.
+HAPROXY_METRICS = frozenset(
+    {
+        "haproxy_backend_active_servers",
+        "haproxy_backend_backup_servers",
+        "haproxy_backend_check_up_down_total",
+        "haproxy_backend_connection_errors_total",
+        "haproxy_backend_current_queue",
+        "haproxy_backend_current_sessions",
+        "haproxy_backend_http_responses_total",
+        "haproxy_backend_redispatch_warnings_total",
+        "haproxy_backend_response_errors_total",
+        "haproxy_backend_retry_warnings_total",
+        "haproxy_frontend_http_requests_total",
+        "haproxy_frontend_http_responses_total",
+        "haproxy_server_check_code",
+        "haproxy_server_check_duration_seconds",
+        "haproxy_server_check_failures_total",
+        "haproxy_server_check_status",
+        "haproxy_server_check_up_down_total",
+        "haproxy_server_current_queue",
+        "haproxy_server_http_responses_total",
+        "haproxy_server_status",
+    }
+)
 
 needs_prometheus = pytest.mark.skipif(binaries() is None, reason=missing_reason())
 
@@ -90,7 +134,15 @@ def test_dashboard_is_a_valid_json_model(name: str) -> None:
     assert [i for i, n in ids.items() if n > 1] == [], "duplicate panel ids"
     cells: dict[tuple[int, int], int] = {}
     for panel in panels:
-        assert panel["type"] in {"row", "timeseries", "stat", "heatmap", "table", "text"}
+        assert panel["type"] in {
+            "row",
+            "timeseries",
+            "stat",
+            "heatmap",
+            "table",
+            "text",
+            "state-timeline",
+        }
         grid = panel["gridPos"]
         assert grid["w"] >= 1
         assert grid["h"] >= 1
@@ -153,12 +205,14 @@ def test_dashboard_variables_are_defined_and_multi_values_use_regex(name: str) -
     text = json.dumps(model)
     for match in re.finditer(r"\$\{?(\w+)", text):
         assert match.group(1) in known or match.group(1).startswith("__"), match.group(0)
-    multi = [v["name"] for v in model["templating"]["list"] if v.get("multi")]
+    multi = [v["name"] for v in model["templating"].get("list", []) if v.get("multi")]
     for name_ in multi:
         assert not re.search(rf'[^=!~]=\s*\\?"\${{?{name_}\b', text), f"${name_} used with ="
 
 
-@pytest.mark.parametrize("name", sorted(dashboards()))
+# The load balancer's dashboard has no API series (HAProxy's own metrics; no route, no
+# histogram, no trace of its own): nothing to link to traces.
+@pytest.mark.parametrize("name", sorted(set(dashboards()) - {LB_DASHBOARD}))
 def test_per_route_and_latency_panels_link_to_their_traces(name: str) -> None:
     """Every panel that splits by route or shows a latency percentile offers links to
     the traces behind a series: Explore on the Jaeger datasource and Jaeger's UI."""
@@ -407,6 +461,186 @@ def test_grafana_rate_interval_and_unknown_variables() -> None:
 def test_source_metrics_follow_recording_rules() -> None:
     recorded = {"job:a:rate5m": "sum(rate(a_total[5m]))", "job:b": "job:a:rate5m / c"}
     assert source_metrics("job:b > 1", recorded) == {"a_total", "c"}
+
+
+def test_required_jobs_are_the_job_equality_matchers_through_recording_rules() -> None:
+    recorded = {"job:a:rate5m": 'sum(rate(a_total{job="api"}[5m]))'}
+    assert required_jobs('x{job="lb", proxy="api"} / job:a:rate5m', recorded) == {"lb", "api"}
+    assert required_jobs('up{job=~"lb|api"} or up{job!="x"}', recorded) == set()
+
+
+# --- Scrape jobs an expression needs ---------------------------------------------------
+
+
+class FakePrometheus:
+    """query_range answers from a table (query -> series), anything else with `default`
+    (no data); a query containing "broken" is a PromQL error. Every target was scraped
+    3 times."""
+
+    def __init__(
+        self,
+        data: dict[str, list[dict[str, Any]]],
+        targets: list[Any] | None = None,
+        default: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.data, self._targets, self.default = data, targets or [], default or []
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> Any:
+        if "broken" in expr:
+            raise StackError("bad_data: parse error")
+        return self.data.get(expr, self.default)
+
+    def query(self, expr: str, at: float | None = None) -> Any:
+        return [{"metric": {}, "value": [0, "3"]}] if "count_over_time(up" in expr else []
+
+    def targets(self) -> list[Any]:
+        return self._targets
+
+
+def expression(query: str) -> Expression:
+    return Expression("test", query, "panel", query, query)
+
+
+def test_an_expression_of_a_job_not_scraped_here_is_skipped_with_the_reason() -> None:
+    """No data + a job in `unavailable` -> skipped, with the job and why; no data for a
+    job that is scraped -> failed; a PromQL error stays an error, whatever the job."""
+    series = [{"metric": {}, "values": [[1, "2"]]}]
+    api: Any = FakePrometheus({'up{job="lb"} == 1': series})
+    checks = check_all(
+        api,
+        [
+            expression('haproxy_backend_active_servers{job="lb"}'),
+            expression('up{job="lb"} == 1'),
+            expression('http_requests{job="api"}'),
+            expression('broken{job="lb"}'),
+        ],
+        0,
+        10,
+        1,
+        unavailable={"lb": "no proxy natively"},
+    )
+    assert [(c.status, c.detail) for c in checks] == [
+        ("skipped", "job lb: no proxy natively"),
+        ("ok", "1 series, 1 points"),
+        ("no data", "0 series, none with a finite value"),
+        ("error", "bad_data: parse error"),
+    ]
+
+
+def test_optional_jobs_are_unavailable_only_without_a_target_up() -> None:
+    """compose.offline.yaml: the collector's targets are down, locust has none -> both
+    unavailable, with what Prometheus says; the full stack: the collector is up ->
+    checked."""
+    offline: Any = FakePrometheus(
+        {},
+        [
+            {"labels": {"job": "otel-collector"}, "health": "down", "lastError": "no such host"},
+            {"labels": {"job": "spanmetrics"}, "health": "down", "lastError": "no such host"},
+            {"labels": {"job": "lb"}, "health": "up"},
+        ],
+    )
+    found = unavailable_jobs(offline)
+    assert set(found) == {"otel-collector", "spanmetrics", "locust"}
+    assert "no such host" in found["otel-collector"]
+    assert "no target for it" in found["locust"]
+    full: Any = FakePrometheus({}, [{"labels": {"job": "otel-collector"}, "health": "up"}])
+    assert "otel-collector" not in unavailable_jobs(full)
+
+
+def test_jobs_without_data_here_are_jobs_of_prometheus_yml_with_a_reason() -> None:
+    jobs = {job["job_name"] for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
+    assert set(NATIVE_DROPPED) <= jobs
+    assert set(OPTIONAL_JOBS) <= set(NATIVE_DROPPED)
+    assert tuple(NATIVE_DROPPED) == NATIVE_DROPPED_JOBS
+    assert all(NATIVE_DROPPED.values())
+    assert all(OPTIONAL_JOBS.values())
+    # The lb is part of every compose variant: its panels must have data there.
+    assert "lb" in NATIVE_DROPPED
+    assert "lb" not in OPTIONAL_JOBS
+
+
+# --- The load balancer's panels --------------------------------------------------------
+
+
+def lb_expressions() -> list[Expression]:
+    return [
+        e
+        for e in inventory(GrafanaContext())
+        if required_jobs(e.query, {}) & {"lb"} or "haproxy_" in e.query
+    ]
+
+
+def test_inventory_knows_every_lb_expression_and_that_it_needs_job_lb() -> None:
+    """Every panel of the Load balancer dashboard is in the inventory (so verify_dashboards
+    checks it), selects job lb in every selector, and only there: the API overview and
+    the rules keep no lb dependency (natively they must all have data)."""
+    found = lb_expressions()
+    model = dashboards()[LB_DASHBOARD]
+    targets = [t for p in iter_panels(model) for t in p.get("targets", []) if "expr" in t]
+    assert len(targets) >= 15
+    assert len(found) == len(targets)
+    assert {e.source for e in found} == {f"observability/grafana/dashboards/{LB_DASHBOARD}"}
+    for item in found:
+        assert required_jobs(item.query, {}) == {"lb"}, item
+        for selector in re.findall(r"haproxy_\w+\{[^}]*\}", item.query):
+            assert selector.split("{")[1].startswith('job="lb", proxy'), (item, selector)
+
+
+def test_only_job_lb_checks_just_the_lb_expressions_on_what_prometheus_holds() -> None:
+    """`--only-job lb` (what the compose e2e runs): exactly the Load balancer dashboard's
+    expressions; a job no expression selects, or an lb target down, is an error."""
+    series = [{"metric": {}, "values": [[1, "1"]]}]
+    lb_up = [{"labels": {"job": "lb"}, "health": "up", "scrapeUrl": "http://lb:8404/metrics"}]
+    api: Any = FakePrometheus({}, lb_up, default=series)
+    result = verify_jobs(api, ["lb"], context=GrafanaContext())
+    assert result.ok
+    assert [c.expression for c in result.checks] == lb_expressions()
+    assert {c.status for c in result.checks} == {"ok"}
+    with pytest.raises(StackError, match="selects job"):
+        verify_jobs(api, ["nope"], context=GrafanaContext())
+    lb_down: Any = FakePrometheus({}, [{**lb_up[0], "health": "down", "lastError": "no host"}])
+    with pytest.raises(StackError, match="no host"):
+        verify_jobs(lb_down, ["lb"], context=GrafanaContext())
+
+
+def test_lb_panels_use_metrics_both_haproxy_versions_export() -> None:
+    used = {
+        name
+        for e in lb_expressions()
+        for name in metric_names(e.query)
+        if name.startswith("haproxy_")
+    }
+    assert used
+    assert used - HAPROXY_METRICS == set(), "not exported by both HAProxy 2.6 and 3.2"
+
+
+def haproxy_sections() -> dict[str, str]:
+    """'frontend api', 'backend api', ... of haproxy.cfg -> the section's text."""
+    sections = re.split(r"^(?=\S)", HAPROXY_CONFIG.read_text(), flags=re.MULTILINE)
+    return {
+        section.split("\n", 1)[0].strip(): section
+        for section in sections
+        if section.startswith(("frontend ", "backend "))
+    }
+
+
+def test_lb_panels_name_the_proxies_of_haproxy_cfg() -> None:
+    """The panels' `proxy` labels are haproxy.cfg's: `api` (the frontend, and the backend
+    whose health-checked servers are the pool) and `api_panic` (the same replicas
+    unchecked, used while none of `api` is up). A rename there must come with the
+    dashboard's."""
+    sections = haproxy_sections()
+    assert "frontend api" in sections
+    checked = r"^\s*server-template\s+api\s+\d+\s+\S+\s+check\b"
+    assert re.search(checked, sections["backend api"], re.MULTILINE)
+    assert "use_backend api_panic" in sections["frontend api"]
+    assert "backend api_panic" in sections
+    proxies: set[str] = set()
+    for item in lb_expressions():
+        for op, value in re.findall(r'proxy(=~?)"([^"]+)"', item.query):
+            proxies |= set(value.split("|")) if op == "=~" else {value}
+    assert proxies == {"api", "api_panic"}
+    assert proxies <= {name.split()[1] for name in sections}
 
 
 # --- Links and the generator CLI -----------------------------------------------------------

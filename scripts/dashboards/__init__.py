@@ -16,7 +16,7 @@ from typing import Any
 
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from scripts.dashboards import api_overview, dependencies, loadtest
+from scripts.dashboards import api_overview, dependencies, load_balancer, loadtest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_DIR = REPO_ROOT / "observability" / "grafana" / "dashboards"
@@ -25,6 +25,7 @@ DASHBOARD_DIR = REPO_ROOT / "observability" / "grafana" / "dashboards"
 DASHBOARDS: dict[str, Callable[[], Any]] = {
     "api-overview.json": api_overview.build,
     "dependencies.json": dependencies.build,
+    "load-balancer.json": load_balancer.build,
     "loadtest.json": loadtest.build,
 }
 

@@ -1,6 +1,6 @@
-"""The "API overview" dashboard: traffic, errors and latency per route, in-flight
-requests, workers and rate limiting, with links from every per-route series to the
-traces behind it."""
+"""The "API overview" dashboard: traffic, errors and latency per route and per replica,
+in-flight requests, workers and rate limiting, with links from every per-route series to
+the traces behind it."""
 
 from __future__ import annotations
 
@@ -207,6 +207,42 @@ def capacity_row() -> list[object]:
     ]
 
 
+def replica_row() -> list[object]:
+    """The same signals split by replica (`instance`, one Prometheus target each): one
+    replica slower or failing while the others are fine points at that replica (a bad
+    host, a stuck worker, a rollout's new version), not at the code or a dependency."""
+    slower_than_clicked = trace_links(
+        "slower than the clicked value", tags={}, min_duration="${__value.raw}s"
+    )
+    return [
+        graph(
+            "Requests/s by instance",
+            "How the load balancer spreads traffic over the replicas (probes and "
+            "/metrics left out). A replica at 0 while others serve is out of the pool.",
+            "reqps",
+            prom(requests_per_second("instance"), "{{instance}}"),
+        ).span(8),
+        graph(
+            "5xx ratio by instance",
+            "Share of 5xx per replica. Click a line to list failed traces.",
+            "percentunit",
+            prom(error_ratio("instance"), "{{instance}}"),
+        )
+        .span(8)
+        .data_links(trace_links("failed requests", tags={}, errors_only=True)),
+        graph(
+            "Latency p95 and p99 by instance",
+            "Server-side duration per replica, all routes. Click a line for traces "
+            "slower than the clicked value.",
+            "s",
+            prom(quantile(0.95, BUCKET, HTTP, "instance"), "p95 {{instance}}"),
+            prom(quantile(0.99, BUCKET, HTTP, "instance"), "p99 {{instance}}", "B"),
+        )
+        .span(8)
+        .data_links(slower_than_clicked),
+    ]
+
+
 def build() -> Dashboard:
     board = (
         parity_dashboard(
@@ -219,6 +255,7 @@ def build() -> Dashboard:
         )
         .with_variable(slow_variable())
         .link(dashboard_link("Dependencies", "dependencies"))
+        .link(dashboard_link("Load balancer", "lb"))
         .with_panel(note("How to read this dashboard", HOW_TO, height=4))
     )
     rows = (
@@ -226,6 +263,7 @@ def build() -> Dashboard:
         ("Traffic and errors", traffic_row()),
         ("Latency by route", latency_row()),
         ("Capacity", capacity_row()),
+        ("By replica", replica_row()),
         (
             "Traces",
             [

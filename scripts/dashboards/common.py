@@ -13,7 +13,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.builders import heatmap, stat, table, text, timeseries
+from grafana_foundation_sdk.builders import (
+    heatmap,
+    stat,
+    statetimeline,
+    table,
+    text,
+    timeseries,
+)
 from grafana_foundation_sdk.builders.common import VizLegendOptions, VizTooltipOptions
 from grafana_foundation_sdk.builders.prometheus import Dataquery as PromQuery
 from grafana_foundation_sdk.models.common import (
@@ -27,12 +34,16 @@ from grafana_foundation_sdk.models.common import (
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DataSourceRef,
+    DataTransformerConfig,
     Threshold,
     ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
     VariableOption,
     VariableRefresh,
     VariableSort,
 )
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 # The uids are fixed in observability/grafana/provisioning/datasources/datasources.yaml.
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid="prometheus")
@@ -52,11 +63,19 @@ DEFAULT_JAEGER_URL = "http://localhost:16686"
 
 
 def parity_dashboard(
-    title: str, *, uid: str, description: str, tag: str, refresh: str, since: str
+    title: str,
+    *,
+    uid: str,
+    description: str,
+    tag: str,
+    refresh: str,
+    since: str,
+    api_variables: bool = True,
 ) -> dash.Dashboard:
-    """What every dashboard of ours shares: tags, crosshair, the variables that filter
-    instances and feed the links to traces."""
-    return (
+    """What every dashboard of ours shares: tags, crosshair and, for dashboards of the
+    API's own metrics (`api_variables`), the variables that filter instances and feed
+    the links to traces."""
+    board = (
         dash.Dashboard(title)
         .uid(uid)
         .description(description)
@@ -64,10 +83,14 @@ def parity_dashboard(
         .refresh(refresh)
         .time(since, "now")
         .tooltip(DashboardCursorSync.CROSSHAIR)
-        .with_variable(instance_variable())
-        .with_variable(service_variable())
-        .with_variable(jaeger_url_variable())
     )
+    if api_variables:
+        board = (
+            board.with_variable(instance_variable())
+            .with_variable(service_variable())
+            .with_variable(jaeger_url_variable())
+        )
+    return board
 
 
 def dashboard_link(title: str, tag: str) -> dash.DashboardLink:
@@ -314,6 +337,72 @@ def slow_traces_table(title: str, description: str) -> table.Panel:
         .span(12)
         .height(8)
     )
+
+
+def state_timeline(
+    title: str, description: str, query: PromQuery, states: dict[int, tuple[str, str]]
+) -> statetimeline.Panel:
+    """One lane per series, coloured by its state over time; `states` maps each value
+    the query returns to the (text, colour) shown for it."""
+    mapping = ValueMap(
+        options={
+            str(value): ValueMappingResult(text=label, color=color, index=index)
+            for index, (value, (label, color)) in enumerate(sorted(states.items()))
+        }
+    )
+    return (
+        statetimeline.Panel()
+        .title(title)
+        .description(description)
+        .datasource(PROMETHEUS)
+        .with_target(query)
+        .mappings([mapping])
+        .show_value(VisibilityMode.AUTO)
+        .merge_values(True)
+        .row_height(0.8)
+        .fill_opacity(80)
+        .line_width(0)
+        .legend(
+            VizLegendOptions()
+            .display_mode(LegendDisplayMode.LIST)
+            .placement(LegendPlacement.BOTTOM)
+            .show_legend(True)
+        )
+        .span(24)
+        .height(8)
+    )
+
+
+def snapshot_table(
+    title: str,
+    description: str,
+    *queries: PromQuery,
+    hide: Iterable[str] = (),
+    rename: dict[str, str] | None = None,
+) -> table.Panel:
+    """The latest value of each query as one table: instant queries merged on their
+    common labels, columns `hide` left out and `rename`d."""
+    panel = (
+        table.Panel()
+        .title(title)
+        .description(description)
+        .datasource(PROMETHEUS)
+        .with_transformation(DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": dict.fromkeys(["Time", *hide], True),
+                    "renameByName": rename or {},
+                },
+            )
+        )
+        .span(12)
+        .height(8)
+    )
+    for query in queries:
+        panel = panel.with_target(query.instant().format(PromQueryFormat.TABLE))
+    return panel
 
 
 def note(title: str, markdown: str, height: int = 5) -> text.Panel:
