@@ -11,17 +11,27 @@ your own on :8000 is left alone), and runs, in this order:
 
  1. the api image: non-root numeric USER, exec-form CMD, HEALTHCHECK, no compiler/pip;
     the locust image (profile `loadtest`) builds and runs;
- 2. `up --wait`: migrate and seed exited 0, every long-running service healthy;
- 3. through the published port: a product MISS then HIT (Postgres and Redis reached
-    from the containers), bad input answered with problem+json, every process uid 10001,
-    the health check failing when nothing answers;
- 4. the Prometheus container: the api target up, a request counter exact after N;
- 5. scripts/verify_graceful_shutdown.py --compose: TERM with >= 200 requests in flight
-    (0 accepted requests lost, exit 0 inside stop_grace_period), then HUP;
- 6. scripts/verify_rate_limit.py --compose: exact quota per client through the port;
- 7. scripts/tune_workers.py --compose with 2 worker counts: table, plot, recommendation;
- 8. scripts/chaos.py --compose: Postgres stopped, Redis stopped and paused, recovery;
- 9. `docker compose down -v`: no container, volume or network of the project left.
+ 2. `up --wait`: migrate and seed exited 0, every long-running service healthy, the lb
+    and 2 api replicas among them;
+ 3. through the load balancer's published port: a product MISS then HIT (Postgres and
+    Redis reached from the containers), bad input answered with problem+json, every
+    process of every replica uid 10001, the health check failing when nothing answers;
+ 4. the Prometheus container: every replica scraped on its own and the lb, a request
+    counter exact after N requests through the lb (summed over replicas);
+ 5. scripts/verify_graceful_shutdown.py --compose on one replica, at its own address:
+    TERM with >= 200 requests in flight (0 accepted requests lost, exit 0 inside
+    stop_grace_period), then HUP;
+ 6. scripts/verify_rate_limit.py --compose through the lb: 2 replicas x 2 workers, 5
+    clients and a spoofed X-Forwarded-For, exactly the quota each;
+ 7. the edge, under a steady load through the lb: SIGTERM to one replica and a rollout
+    of every replica (scripts/rollout.py) with 0 client-visible errors, the replica out
+    of the pool within the checks' bound; SIGKILL of one replica: only requests it held
+    may fail, it restarts and rejoins;
+ 8. scripts/tune_workers.py --compose (one replica) with 2 worker counts: table, plot,
+    recommendation;
+ 9. scripts/chaos.py --compose through the lb: Postgres stopped (panic routing keeps the
+    replicas answering), Redis stopped and paused, recovery;
+10. `docker compose down -v`: no container, volume or network of the project left.
 
 A summary table (check, result, figure) ends the run. Exit status: 0 every check passed;
 1 a check failed; 3 NOT RUN: no Docker engine reachable here (nothing was checked).
@@ -32,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +58,8 @@ if __package__ in (None, ""):  # run as `python scripts/compose_e2e.py`
 
 import httpx
 
+from scripts.load import SteadyLoad, default_requests
+from scripts.loadbalancer import LoadBalancer, PoolWatcher, api_replicas
 from scripts.offline_images import BuildError, KitUnavailable, engine_reachable, ensure_images
 from scripts.prometheus_native import PrometheusAPI
 from scripts.stack import (
@@ -57,6 +70,7 @@ from scripts.stack import (
     iter_json_lines,
     ps_entries,
 )
+from scripts.traffic import seeded_product_ids
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_RUN = 0, 1, 3
 PROJECT = "parity-e2e"
@@ -65,13 +79,25 @@ API_IMAGE = "parity-api:local"
 LOCUST_IMAGE = "parity-locust:local"
 APP_UID = 10001
 STOP_GRACE_SECONDS = 40  # compose.yaml's api stop_grace_period
-LONG_RUNNING = ("postgres", "redis", "api", "prometheus")
+LONG_RUNNING = ("postgres", "redis", "api", "prometheus", "lb")
+REPLICAS = 2  # compose.yaml's API_REPLICAS default
+# The e2e's own /24 for the project network (EDGE_NET_PREFIX), so that it can run while
+# a stack of your own holds the default one.
+EDGE_NET_PREFIX = "10.213.250"
+# docker/haproxy/haproxy.cfg: inter 1s + (fall 2 - 1) x fastinter 0.5s + timeout check
+# 1s, plus the pool's 0.1 s sampling.
+LEAVES_POOL_WITHIN_SECONDS = 2.6
 ONE_SHOTS = ("migrate", "seed")
 MISSING_PRODUCT = 2**62  # a valid id that is never seeded: 404
 # The shutdown proof needs the slow demo route and no limiter (300 clients from one
-# address); the chaos run keeps the limiter on (its fail-open is part of the run) with a
+# address), on one replica (it signals the service's container directly); the edge
+# proofs and the chaos run keep the limiter on (its fail-open is part of the run) with a
 # quota one load generator cannot reach.
-SHUTDOWN_ENV = {"DEMO_ENDPOINTS_ENABLED": "true", "RATE_LIMIT_ENABLED": "false"}
+SHUTDOWN_ENV = {
+    "DEMO_ENDPOINTS_ENABLED": "true",
+    "RATE_LIMIT_ENABLED": "false",
+    "API_REPLICAS": "1",
+}
 CHAOS_ENV = {"RATE_LIMIT_DEFAULT": "1000000/60s"}
 
 
@@ -130,10 +156,12 @@ def compose(*args: str, timeout: float = 600, env: dict[str, str] | None = None,
     return run(["docker", "compose", *args], timeout=timeout, env=env, check=check)
 
 
-def compose_ps() -> dict[str, dict[str, Any]]:
-    """Service name -> its container's `docker compose ps` entry (stopped ones too)."""
-    entries = ps_entries(compose("ps", "--all", "--format", "json").stdout)
-    return {entry["Service"]: entry for entry in entries}
+def compose_ps() -> dict[str, list[dict[str, Any]]]:
+    """Service name -> its containers' `docker compose ps` entries (stopped ones too)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for entry in ps_entries(compose("ps", "--all", "--format", "json").stdout):
+        found.setdefault(entry["Service"], []).append(entry)
+    return found
 
 
 def container_id(service: str) -> str:
@@ -177,6 +205,7 @@ class E2E:
         self.results = results
         self.api_port = free_port()
         self.prometheus_port = free_port()
+        self.lb_stats_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.api_port}"
 
     @contextmanager
@@ -210,6 +239,8 @@ class E2E:
             COMPOSE_PROJECT_NAME=PROJECT,
             API_PORT=str(self.api_port),
             PROMETHEUS_PORT=str(self.prometheus_port),
+            LB_STATS_PORT=str(self.lb_stats_port),
+            EDGE_NET_PREFIX=EDGE_NET_PREFIX,
         )
 
     # 1. the image ------------------------------------------------------------------
@@ -274,19 +305,24 @@ class E2E:
             entries = compose_ps()
             problems = []
             for name in ONE_SHOTS:
-                entry = entries.get(name, {})
-                if entry.get("State") != "exited" or entry.get("ExitCode") != 0:
-                    problems.append(f"{name}: {entry.get('State')} {entry.get('ExitCode')}")
+                for entry in entries.get(name, [{}]):
+                    if entry.get("State") != "exited" or entry.get("ExitCode") != 0:
+                        problems.append(f"{name}: {entry.get('State')} {entry.get('ExitCode')}")
             for name in LONG_RUNNING:
-                health = entries.get(name, {}).get("Health")
-                if health != "healthy":
-                    problems.append(f"{name}: {health}")
+                for entry in entries.get(name, [{}]):
+                    if entry.get("Health") != "healthy":
+                        problems.append(f"{entry.get('Name', name)}: {entry.get('Health')}")
+            if len(entries.get("api", [])) != REPLICAS:
+                problems.append(f"{len(entries.get('api', []))} api replicas, not {REPLICAS}")
             extra = set(entries) - set(ONE_SHOTS) - set(LONG_RUNNING)
             if extra:
                 problems.append(f"unexpected services {sorted(extra)}")
             if problems:
                 raise CheckFailed("; ".join(problems))
-            return f"migrate, seed exited 0; {', '.join(LONG_RUNNING)} healthy"
+            return (
+                f"migrate, seed exited 0; {', '.join(LONG_RUNNING)} healthy "
+                f"({REPLICAS} api replicas)"
+            )
 
         return self.check("one-shots exited 0, services healthy", states)
 
@@ -316,11 +352,18 @@ class E2E:
 
         def uids() -> str:
             template = "{{.State.Pid}}"
-            pid = int(run(["docker", "inspect", "--format", template, container_id("api")]).stdout)
-            found = {p: process_uid(p) for p in (pid, *child_pids(pid))}
-            if len(found) < 3 or set(found.values()) != {APP_UID}:
-                raise CheckFailed(f"uids {found}: expected {APP_UID}, master + 2 workers")
-            return f"master + {len(found) - 1} workers, all uid {APP_UID}"
+            found: dict[int, int] = {}
+            for replica in api_replicas():
+                pid = int(
+                    run(["docker", "inspect", "--format", template, replica.container]).stdout
+                )
+                processes = {p: process_uid(p) for p in (pid, *child_pids(pid))}
+                if len(processes) < 3:
+                    raise CheckFailed(f"{replica.name}: {processes}, expected master + 2 workers")
+                found.update(processes)
+            if set(found.values()) != {APP_UID}:
+                raise CheckFailed(f"uids {found}: expected {APP_UID}")
+            return f"{len(found)} processes in {REPLICAS} replicas, all uid {APP_UID}"
 
         def health_fails() -> str:
             result = compose("exec", "-T", "-e", "GUNICORN_BIND=127.0.0.1:1", "api",
@@ -346,10 +389,18 @@ class E2E:
             found = prometheus.query(query)
             return float(found[0]["value"][1]) if found else 0.0
 
-        def target_up() -> str:
+        def targets_up() -> str:
+            """Every replica on its own (DNS discovery), never through the balancer."""
             prometheus.wait_for_scrape("api", after=time.time(), timeout=60)
-            (target,) = [t for t in prometheus.targets() if t["labels"]["job"] == "api"]
-            return f"job api: {target['scrapeUrl']} {target['health']}"
+            prometheus.wait_for_scrape("lb", after=time.time(), timeout=60)
+            targets = prometheus.targets()
+            api = sorted(t["scrapeUrl"] for t in targets if t["labels"]["job"] == "api"
+                         and t["health"] == "up")  # fmt: skip
+            addresses = sorted(f"http://{r.address}:8000/metrics" for r in api_replicas())
+            if api != addresses:
+                raise CheckFailed(f"api targets up {api}, replicas {addresses}")
+            (lb,) = [t for t in targets if t["labels"]["job"] == "lb"]
+            return f"job api: {len(api)} replicas ({', '.join(api)}); job lb {lb['health']}"
 
         def exact() -> str:
             before = value()
@@ -364,20 +415,26 @@ class E2E:
             after = value()
             if after - before != sent:
                 raise CheckFailed(f"counter went {before:g} -> {after:g}, sent {sent}")
-            return f"{sent} requests sent, counter +{after - before:g} (all workers, one scrape)"
+            return (
+                f"{sent} requests sent through the lb, sum over {REPLICAS} replicas x all "
+                f"workers +{after - before:g}"
+            )
 
         try:
-            self.check("Prometheus scrapes the api", target_up)
-            self.check("request counter exact", exact)
+            self.check("Prometheus scrapes every replica and the lb", targets_up)
+            self.check("request counter exact across replicas", exact)
         finally:
             prometheus.close()
 
     # 5-8. the scripts' --compose modes --------------------------------------------------
-    def script(self, args: list[str], timeout: float) -> tuple[int, Any]:
-        """Run a verification script as a user would; its JSON report from stdout."""
+    def script(self, args: list[str], timeout: float, env: dict[str, str] | None = None
+               ) -> tuple[int, Any]:  # fmt: skip
+        """Run a verification script as a user would (with `env` exported, as a user would
+        set compose variables for it); its JSON report from stdout."""
         result = subprocess.run(
             [sys.executable, *args, "--json"],
             cwd=REPO_ROOT,
+            env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             text=True,
             timeout=timeout,
@@ -441,11 +498,122 @@ class E2E:
         recreate_api(SHUTDOWN_ENV)
         self.check("SIGHUP under load: reload without failing", hup)
 
+    # 6. the edge: the load balancer in front of the replicas ----------------------------
+    def edge_checks(self) -> None:
+        recreate_api(CHAOS_ENV)
+        lb = LoadBalancer.from_environment()
+
+        def pool() -> str:
+            replicas = api_replicas()
+            lb.wait_for_pool({r.address for r in replicas}, timeout=30)
+            if len(replicas) != REPLICAS:
+                raise CheckFailed(f"{len(replicas)} replicas, expected {REPLICAS}")
+            return f"{REPLICAS} replicas in HAProxy's pool: {sorted(lb.pool())}"
+
+        def rollout(count: int | None) -> dict[str, Any]:
+            args = ["scripts/rollout.py", "--out", str(self.results / "rollout")]
+            if count:
+                args += ["--count", str(count), "--out", str(self.results / "rollout-one")]
+            code, data = self.script(args, timeout=300, env=CHAOS_ENV)
+            if code != 0:
+                raise CheckFailed(f"exit {code}: {'; '.join(data['problems'])}")
+            return dict(data)
+
+        def term_one() -> str:
+            data = rollout(1)
+            (replica,) = data["replicas"]
+            if replica["out_of_pool_after"] > LEAVES_POOL_WITHIN_SECONDS:
+                raise CheckFailed(f"left the pool after {replica['out_of_pool_after']} s")
+            during = data["during"]
+            return (
+                f"{during['requests']} requests while {replica['old']} drained: "
+                f"{during['errors']} client-visible errors; out of the pool after "
+                f"{replica['out_of_pool_after']} s, exit {replica['exit_code']} after "
+                f"{replica['exited_after']} s"
+            )
+
+        def rollout_all() -> str:
+            data = rollout(None)
+            during, before = data["during"], data["baseline"]
+            per_replica = ", ".join(f"{r['total']} s" for r in data["replicas"])
+            return (
+                f"{len(data['replicas'])} replicas replaced under load: {during['requests']} "
+                f"requests, {during['errors']} client-visible errors; p99 {before['p99_ms']} "
+                f"-> {during['p99_ms']} ms; per replica {per_replica}; "
+                f"{data['results']}/rollout.png"
+            )
+
+        self.check("lb pools every replica", pool)
+        self.check("SIGTERM to one replica: no client-visible error", term_one)
+        self.check("rollout of every replica: no client-visible error", rollout_all)
+        self.check("SIGKILL of one replica: bounded failures, recovery", self.kill_one)
+
+        def lb_panels() -> str:
+            """After the traffic above: every Load balancer panel and lb rule has data."""
+            code, data = self.script(
+                ["scripts/verify_dashboards.py", "--compose", "--only-job", "lb"], timeout=120
+            )
+            if code != 0:
+                failed = [c for c in data.get("checks", []) if c.get("status") != "ok"]
+                raise CheckFailed(f"exit {code}: {failed[:5]}")
+            return f"{len(data['checks'])} expressions of job lb have data"
+
+        self.check("Load balancer dashboard has data", lb_panels)
+
+    def kill_one(self) -> str:
+        """A replica dies without draining (SIGKILL to its master from the host, as the
+        kernel's OOM killer would; `docker kill` would count as a deliberate stop and
+        skip the restart policy). Only requests it held may fail; the lb routes around
+        it; the restart policy brings it back and the lb takes it in again."""
+        lb = LoadBalancer.from_environment()
+        replicas = api_replicas()
+        victim = replicas[0]
+        ids = seeded_product_ids(self.base_url, limit=5)
+        concurrency = 8
+        with PoolWatcher(lb) as watcher, SteadyLoad(
+            self.base_url, default_requests(ids), concurrency=concurrency
+        ) as load:  # fmt: skip
+            time.sleep(2)
+            pid = int(run(["docker", "inspect", "--format", "{{.State.Pid}}",
+                           victim.container]).stdout)  # fmt: skip
+            (held,) = [s.sessions for s in lb.servers() if s.address == victim.address]
+            retries = lb.retries()
+            killed = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            deadline = killed + 10
+            while watcher.left_at(victim.address, after=killed) is None:
+                if time.monotonic() > deadline:
+                    raise CheckFailed(f"{victim.name} still in the pool 10 s after SIGKILL")
+                time.sleep(0.1)
+            left = watcher.left_at(victim.address, after=killed) or killed
+            lb.wait_for_pool({r.address for r in api_replicas()}, timeout=90)
+            back = time.monotonic()
+            time.sleep(2)
+            retried = lb.retries() - retries
+        samples = load.between(killed - 30, time.monotonic())
+        failed = [s for s in samples if s.failed]
+        late = [s for s in failed if s.started > killed + 0.05]
+        if len(failed) > concurrency or late:
+            raise CheckFailed(
+                f"{len(failed)} failed ({len(late)} sent after the kill), at most "
+                f"{concurrency} (one in flight per client) expected: "
+                + "; ".join(f"{s.label} {s.status or s.error}" for s in failed[:5])
+            )
+        kinds = ", ".join(sorted({f"{s.label} {s.status or 'no answer'}" for s in failed}))
+        return (
+            f"{held} requests in flight on {victim.name} at the kill; {len(failed)} of "
+            f"{len(samples)} failed ({kinds or 'none'}); the lb retried {retried}; out of "
+            f"the pool after {left - killed:.1f} s, restarted and back after "
+            f"{back - killed:.1f} s"
+        )
+
     def rate_limit_check(self) -> None:
         recreate_api({})
 
         def exact() -> str:
-            code, data = self.script(["scripts/verify_rate_limit.py", "--compose"], timeout=180)
+            code, data = self.script(
+                ["scripts/verify_rate_limit.py", "--compose", "--identities", "5"], timeout=180
+            )
             if code != 0:
                 raise CheckFailed("; ".join(data.get("deviations", [])) or f"exit {code}")
             policy = data["policy"]
@@ -456,7 +624,7 @@ class E2E:
                 f"the api saw clients as {self.seen_clients()}"
             )
 
-        self.check("rate limit exact through the published port", exact)
+        self.check(f"rate limit exact: {REPLICAS} replicas x 2 workers, 5 clients", exact)
 
     def seen_clients(self) -> str:
         """The client addresses the api's access log recorded (docker-proxy's, here)."""
@@ -553,6 +721,8 @@ def execute(e2e: E2E, keep: bool) -> None:
             e2e.shutdown_checks()
         with e2e.phase("rate limit"):
             e2e.rate_limit_check()
+        with e2e.phase("edge"):
+            e2e.edge_checks()
         with e2e.phase("tune"):
             e2e.tune_check()
         with e2e.phase("chaos"):
