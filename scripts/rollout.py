@@ -339,7 +339,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python scripts/rollout.py",
         description=__doc__.split("\n\n")[0],
-        epilog="Exit status: 0 no client-visible error, 1 a problem, 3 NOT RUN.",
+        epilog="Reports client-visible errors (no HTTP answer, or a 5xx), p50/p99 before and "
+        "during, and per replica: SIGTERM -> out of the lb pool, -> exit, replacement -> in "
+        "the pool; writes rollout.md, .json and .png. Needs a running stack (make up). Exit "
+        "status: 0 no client-visible error, 1 a problem, 3 NOT RUN (no engine, no stack).",
     )
     parser.add_argument("--count", type=positive_int, help="replace only the first N replicas")
     parser.add_argument("--concurrency", type=bounded(int, 1, 64), default=8,
