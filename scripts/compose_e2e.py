@@ -543,7 +543,16 @@ class E2E:
                 f"{data['results']}/rollout.png"
             )
 
+        def one_replica_proof_refuses_two() -> str:
+            """verify_graceful_shutdown --compose would stop every replica at once."""
+            result = run([sys.executable, "scripts/verify_graceful_shutdown.py", "--compose"],
+                         timeout=60, check=False)  # fmt: skip
+            if result.returncode != 2 or f"{REPLICAS} containers" not in result.stderr:
+                raise CheckFailed(f"exit {result.returncode}: {result.stderr[-300:]}")
+            return f"exit 2: {result.stderr.strip().splitlines()[-1][:110]}…"
+
         self.check("lb pools every replica", pool)
+        self.check("single-replica shutdown proof refuses 2", one_replica_proof_refuses_two)
         self.check("SIGTERM to one replica: no client-visible error", term_one)
         self.check("rollout of every replica: no client-visible error", rollout_all)
         self.check("SIGKILL of one replica: bounded failures, recovery", self.kill_one)

@@ -390,6 +390,11 @@ class ComposeStack:
         code = entry.get("ExitCode")
         return str(entry.get("State", "unknown")), int(code) if code is not None else None
 
+    def container_count(self) -> int:
+        """How many containers the service has, running or not (its replicas)."""
+        out = self.compose("ps", "--all", "--quiet", self.service).stdout
+        return len(out.split())
+
     def stop_service(self, name: str) -> None:
         self.compose("stop", name)
 

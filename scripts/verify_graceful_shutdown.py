@@ -337,6 +337,16 @@ class ComposeTarget:
         self.base_url = base_url
         self.description = f"docker compose service {self.stack.service!r} at {base_url}"
         self._stopping: subprocess.Popen[bytes] | None = None
+        # `docker compose stop/kill api` signals every replica at once: this proves what
+        # one replica does. The replicated path, through the load balancer, is
+        # `make rollout`'s (docs/shutdown.md).
+        replicas = self.stack.container_count()
+        if replicas != 1:
+            raise StackError(
+                f"--compose signals the whole `{self.stack.service}` service, which has "
+                f"{replicas} containers: run it with one (API_REPLICAS=1 docker compose up "
+                "-d api), or use `make rollout` for several behind the load balancer"
+            )
 
     def send_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGTERM:
