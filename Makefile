@@ -70,7 +70,7 @@ e2e: venv tools ## the compose stack end to end on the real engine (offline imag
 up: ## docker compose: build, start the whole stack, wait until every service is healthy
 	$(COMPOSE) up --detach --build --wait && $(COMPOSE) ps
 
-up-offline: images-offline ## docker compose without a registry: API, Postgres, Redis, Prometheus
+up-offline: images-offline ## docker compose without a registry: load balancer, API replicas, Postgres, Redis, Prometheus
 	COMPOSE_FILE=compose.yaml:compose.offline.yaml $(COMPOSE) up --detach --build --wait && COMPOSE_FILE=compose.yaml:compose.offline.yaml $(COMPOSE) ps
 
 down: ## docker compose: stop and remove the stack (data volumes are kept)
