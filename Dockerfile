@@ -28,12 +28,15 @@ FROM ${PYTHON_IMAGE} AS runtime
 ARG APP_UID=10001
 # PROMETHEUS_MULTIPROC_DIR holds one metrics file per worker: it must stay writable
 # when the root filesystem is read-only, and should be memory (compose mounts a tmpfs
-# and k8s an emptyDir there).
+# and k8s an emptyDir there). The API on 8000; /ready and /metrics only on 9000, the
+# port load balancers, the kubelet and Prometheus use and clients are not given
+# (app/listeners.py).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PROMETHEUS_MULTIPROC_DIR=/run/parity/metrics \
-    GUNICORN_BIND=0.0.0.0:8000
+    GUNICORN_BIND=0.0.0.0:8000 \
+    INTERNAL_BIND=0.0.0.0:9000
 
 # A fixed, numeric, unprivileged uid: Kubernetes' runAsNonRoot can verify it, and volume
 # permissions are the same everywhere. No home directory, no login shell.
@@ -52,7 +55,7 @@ COPY app ./app
 RUN python3 -m compileall -q app gunicorn.conf.py
 
 USER ${APP_UID}:${APP_UID}
-EXPOSE 8000
+EXPOSE 8000 9000
 
 # Gunicorn's master handles TERM gracefully (stop accepting, drain, exit 0); see
 # docs/shutdown.md. Exec-form CMD makes Gunicorn PID 1, so the signal reaches it.

@@ -33,7 +33,9 @@ if settings.METRICS_ENABLED:
 
 wsgi_app = "app.main:app"
 worker_class = "app.worker.UvicornWorker"
-bind = [settings.GUNICORN_BIND]
+# The public listener, and the probes-and-metrics one when INTERNAL_BIND sets it
+# (app/listeners.py): the same workers serve both.
+bind = [settings.GUNICORN_BIND, *([settings.INTERNAL_BIND] if settings.INTERNAL_BIND else [])]
 workers = settings.GUNICORN_WORKERS or default_workers()
 
 # A worker whose event loop has not checked in for this long is blocked (a sync call

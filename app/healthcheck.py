@@ -4,8 +4,9 @@ Gunicorn for `/health` and exits 0 (healthy) or 1 (unhealthy, with one line sayi
 Used by the Dockerfile's HEALTHCHECK and compose's `api` healthcheck. The image has no
 curl or wget (fewer binaries, fewer CVEs), so this is the standard library only. It
 does not load `app.settings` on purpose: it runs every few seconds for the container's
-whole life, and importing pydantic would multiply its cost. It reads the one variable
-it needs, `GUNICORN_BIND`, with the same default as `Settings`.
+whole life, and importing pydantic would multiply its cost. It reads the variables it
+needs: `INTERNAL_BIND` (the probes' listener) when set, else `GUNICORN_BIND`, with
+the same defaults as `Settings`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def check(bind: str) -> str | None:
 
 
 def main() -> int:
-    bind = os.environ.get("GUNICORN_BIND", DEFAULT_BIND)
+    # The probes' own listener when there is one (app/listeners.py), as the kubelet's.
+    bind = os.environ.get("INTERNAL_BIND") or os.environ.get("GUNICORN_BIND", DEFAULT_BIND)
     problem = check(bind)
     if problem is not None:
         print(f"unhealthy: {problem}", file=sys.stderr)

@@ -29,6 +29,7 @@ from app.health import ReadinessCache
 from app.health import router as health_router
 from app.lifecycle import DrainingMiddleware, Lifecycle
 from app.limits import BodySizeLimitMiddleware, HandlerTimeoutMiddleware
+from app.listeners import ListenerMiddleware
 from app.orders.routes import router as orders_router
 from app.ratelimit import RateLimitMiddleware, document_rate_limits
 from app.security import SecurityHeadersMiddleware, cors_middleware
@@ -130,7 +131,8 @@ def build_middleware(settings: Settings, lifecycle: Lifecycle) -> list[Middlewar
     1. telemetry (request id, access log, metrics, tracing): outermost, so it sees and
        times every response, including the 429/413/503 produced further in;
     2. response headers that every answer carries (security headers, draining);
-    3. admission control (rate limiting) before any work is done;
+    3. admission control: the listener guard (probes and metrics only on INTERNAL_BIND),
+       then rate limiting, before any work is done;
     4. input limits (body size, handler timeout) closest to the routes.
     """
     telemetry = [
@@ -147,6 +149,8 @@ def build_middleware(settings: Settings, lifecycle: Lifecycle) -> list[Middlewar
     if settings.CORS_ALLOW_ORIGINS:
         headers.append(cors_middleware(settings))
     admission: list[Middleware] = []
+    if settings.internal_port is not None:
+        admission.append(Middleware(ListenerMiddleware, internal_port=settings.internal_port))
     if settings.RATE_LIMIT_ENABLED:
         admission.append(Middleware(RateLimitMiddleware, settings=settings))
     input_limits = [

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     # Loopback natively: the writable API and /docs are not open to the network. The image
     # sets 0.0.0.0:8000 in its environment (a container is reached through its ports).
     GUNICORN_BIND: str = "127.0.0.1:8000"
+    # A second listener for /health, /ready and /metrics only, which those two leave
+    # off the public one (app/listeners.py): e.g. 0.0.0.0:9000, which the image sets, for
+    # the load balancer's checks, the kubelet and Prometheus; compose's lb, the
+    # published ports and the k8s Service expose only GUNICORN_BIND. Empty: one listener
+    # serves everything (natively).
+    INTERNAL_BIND: str = ""
     # None: one worker per CPU actually available to the process (see app/worker.py).
     # WEB_CONCURRENCY, the PaaS and image convention, when GUNICORN_WORKERS is not set.
     GUNICORN_WORKERS: int | None = Field(
@@ -195,9 +201,16 @@ class Settings(BaseSettings):
     def _bind_is_host_port_or_unix(cls, value: str) -> str:
         if value.startswith("unix:"):
             return value
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if _tcp_port(value) is None:
             raise ValueError("must be HOST:PORT (e.g. 0.0.0.0:8000) or unix:PATH")
+        return value
+
+    @field_validator("INTERNAL_BIND")
+    @classmethod
+    def _internal_bind_is_host_port(cls, value: str) -> str:
+        # TCP only: the listener is told apart by its port (app/listeners.py).
+        if value and _tcp_port(value) is None:
+            raise ValueError("must be HOST:PORT (e.g. 0.0.0.0:9000), or empty")
         return value
 
     @field_validator("FORWARDED_ALLOW_IPS")
@@ -285,6 +298,21 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _internal_listener_is_another_port(self) -> Self:
+        public = _tcp_port(self.GUNICORN_BIND)
+        if self.internal_port is not None and self.internal_port == public:
+            raise ValueError(
+                f"INTERNAL_BIND ({self.INTERNAL_BIND}) must use another port than "
+                f"GUNICORN_BIND ({self.GUNICORN_BIND}): the listeners are told apart by port"
+            )
+        return self
+
+    @property
+    def internal_port(self) -> int | None:
+        """The port of the probes-and-metrics listener, None when there is none."""
+        return _tcp_port(self.INTERNAL_BIND) if self.INTERNAL_BIND else None
+
     @property
     def shutdown_budget_seconds(self) -> float:
         """The longest a worker's shutdown takes from SIGTERM to exit."""
@@ -331,6 +359,14 @@ class RateLimitPolicy:
         if self.path_prefix is None or path == self.path_prefix:
             return True
         return path.startswith(self.path_prefix.rstrip("/") + "/")
+
+
+def _tcp_port(bind: str) -> int | None:
+    """`HOST:PORT` -> PORT; None for anything else (a unix: socket, a typo)."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return int(port)
 
 
 def _split(value: str, separator: str) -> list[str]:
