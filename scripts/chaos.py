@@ -163,16 +163,21 @@ def run_phases(
     return reports
 
 
+# Ready as a client sees it: a route that needs Postgres answers 200. (/ready itself is
+# on the replicas' internal listener in compose, not behind the published port.)
+READY_PATH = "/api/v1/products?limit=1"
+
+
 def wait_ready(base_url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(base_url + "/ready", timeout=2).status_code == 200:
+            if httpx.get(base_url + READY_PATH, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise StackError(f"{base_url}/ready did not turn 200 within {timeout:g} s")
+    raise StackError(f"{base_url}{READY_PATH} did not turn 200 within {timeout:g} s")
 
 
 def outage_phases(

@@ -366,7 +366,7 @@ class E2E:
             return f"{len(found)} processes in {REPLICAS} replicas, all uid {APP_UID}"
 
         def health_fails() -> str:
-            result = compose("exec", "-T", "-e", "GUNICORN_BIND=127.0.0.1:1", "api",
+            result = compose("exec", "-T", "-e", "INTERNAL_BIND=127.0.0.1:1", "api",
                              "python", "-m", "app.healthcheck", check=False)  # fmt: skip
             if result.returncode == 0:
                 raise CheckFailed("the health check passed against a closed port")
@@ -396,7 +396,8 @@ class E2E:
             targets = prometheus.targets()
             api = sorted(t["scrapeUrl"] for t in targets if t["labels"]["job"] == "api"
                          and t["health"] == "up")  # fmt: skip
-            addresses = sorted(f"http://{r.address}:8000/metrics" for r in api_replicas())
+            # The internal listener (INTERNAL_BIND): /metrics is not served on 8000.
+            addresses = sorted(f"http://{r.address}:9000/metrics" for r in api_replicas())
             if api != addresses:
                 raise CheckFailed(f"api targets up {api}, replicas {addresses}")
             (lb,) = [t for t in targets if t["labels"]["job"] == "lb"]

@@ -185,7 +185,9 @@ def run_local(args: argparse.Namespace, out: Path) -> int:
         server: GunicornProcess | None = None
         if args.url:
             base_url = args.url.rstrip("/")
-            httpx.get(base_url + "/ready", timeout=5).raise_for_status()
+            # /health: behind compose's load balancer /ready is not served (it is on the
+            # replicas' internal listener, app/listeners.py).
+            httpx.get(base_url + "/health", timeout=5).raise_for_status()
         else:
             native = NativeStack()
             say(f"preparing the database (migrate, seed {args.products} products)")

@@ -446,8 +446,10 @@ class ComposeStack:
                 f"docker compose up {service or self.service} failed:\n{result.stderr.strip()}"
             )
 
-    def wait_ready(self, timeout: float = 60.0, path: str = "/ready") -> None:
-        """Poll the published API until `path` answers 200."""
+    def wait_ready(self, timeout: float = 60.0, path: str = "/health") -> None:
+        """Poll the published API until `path` answers 200. /health, not /ready: the
+        replicas answer /ready only on their internal listener, which is not published
+        (app/listeners.py); the load balancer in front routes to ready replicas."""
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
