@@ -372,7 +372,18 @@ class E2E:
                 raise CheckFailed("the health check passed against a closed port")
             return f"exit {result.returncode} against a closed port"
 
+        def internals_not_public() -> str:
+            """/ready and /metrics only on the replicas' internal listener (9000)."""
+            seen = {path: httpx.get(f"{self.base_url}{path}", timeout=10).status_code
+                    for path in ("/ready", "/metrics", "/health")}  # fmt: skip
+            internal = f"http://{api_replicas()[0].address}:9000"
+            ready = httpx.get(f"{internal}/ready", timeout=10).status_code
+            if seen != {"/ready": 404, "/metrics": 404, "/health": 200} or ready != 200:
+                raise CheckFailed(f"through the lb {seen}; {internal}/ready {ready}")
+            return f"through the lb /ready 404, /metrics 404, /health 200; on :9000 /ready {ready}"
+
         self.check("product read MISS then HIT", cache)
+        self.check("/ready and /metrics not behind the lb", internals_not_public)
         self.check("bad input gets problem+json", problem)
         self.check("api processes run as uid 10001", uids)
         self.check("health check fails when nothing answers", health_fails)
