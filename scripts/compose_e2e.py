@@ -164,23 +164,6 @@ def compose_ps() -> dict[str, list[dict[str, Any]]]:
     return found
 
 
-def container_id(service: str) -> str:
-    found = compose("ps", "--quiet", service).stdout.split()
-    if not found:
-        raise CheckFailed(f"no running container for {service}")
-    return found[0]
-
-
-def container_address(service: str) -> str:
-    """The service container's address on the project's own network."""
-    template = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"
-    out = run(["docker", "inspect", "--format", template, container_id(service)]).stdout
-    addresses = out.split()
-    if not addresses:
-        raise CheckFailed(f"{service} has no address on a network")
-    return addresses[0]
-
-
 def recreate_api(env: dict[str, str]) -> None:
     """Recreate only the api with `env` for compose's interpolation; wait until healthy."""
     compose("up", "--detach", "--no-deps", "--force-recreate", "--wait", "api", env=env)
@@ -469,7 +452,8 @@ class E2E:
             # port: docker-proxy accepts a connection before it knows whether the api
             # still listens, so a refusal after the listener closed would reach the
             # client as a reset (docs/compose.md, "Signals through published ports").
-            url = f"http://{container_address('api')}:8000"
+            (replica,) = api_replicas()  # SHUTDOWN_ENV: one replica
+            url = f"http://{replica.address}:8000"
             return self.script(
                 ["scripts/verify_graceful_shutdown.py", "--compose", "--url", url,
                  "--signal", name, "--quiet"], timeout=180)  # fmt: skip
