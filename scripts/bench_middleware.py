@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,7 @@ from scripts.stack import (
     NativeStack,
     StackError,
     delete_redis_prefix,
+    scratch_database,
 )
 
 FULL, BARE = "scripts.bench_apps:full", "scripts.bench_apps:bare"
@@ -186,18 +188,19 @@ def servers(args: argparse.Namespace, sink: OtlpSink) -> Iterator[dict[str, Guni
         # Where the spans go; the sampler and everything else stay at their defaults.
         "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url,
     }
-    stack = NativeStack()
-    progress("preparing the database (create if missing, migrate, seed 10 products)")
-    stack.prepare(products=10)
     names = ["full", "bare", *(ABLATIONS if args.ablation else [])]
     with ExitStack() as running:
+        # A database and Redis prefix of this run's own, removed on the way out.
+        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        running.callback(delete_redis_prefix, redis_url, prefix)
+        progress("preparing a database of its own (migrate, seed 10 products)")
+        stack = NativeStack(database_url=running.enter_context(scratch_database("bench_mw", 10)))
         started = {}
         for name in names:
             app, extra, _ = VARIANTS[name]
             progress(f"starting Gunicorn ({args.workers} workers): {name} ({app})")
             started[name] = running.enter_context(start_variant(stack, app, {**env, **extra}, args))
         yield started
-    delete_redis_prefix(stack.app_env().get("REDIS_URL", "redis://127.0.0.1:6379/0"), prefix)
 
 
 def start_variant(stack: NativeStack, app: str, env: dict[str, str],

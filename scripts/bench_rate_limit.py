@@ -54,6 +54,7 @@ from scripts.stack import (
     NativeStack,
     StackError,
     delete_redis_prefix,
+    scratch_database,
 )
 
 PATHS = ("/health", "/api/v1/products/1")
@@ -153,10 +154,10 @@ def servers(args: argparse.Namespace) -> Iterator[dict[str, GunicornProcess]]:
         "LOG_LEVEL": "info",
         "GUNICORN_MAX_REQUESTS": "0",
     }
-    stack = NativeStack()
-    progress("preparing the database (create if missing, migrate, seed 10 products)")
-    stack.prepare(products=10)
     with ExitStack() as stack_of_servers:
+        progress("preparing a database of its own (migrate, seed 10 products)")
+        url = stack_of_servers.enter_context(scratch_database("bench_rl", 10))
+        stack = NativeStack(database_url=url)
         started = {}
         for name, enabled in (("on", "true"), ("off", "false")):
             env = {**common, "RATE_LIMIT_ENABLED": enabled}

@@ -369,6 +369,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "product cache before the uncached reads")  # fmt: skip
     parser.add_argument("--write-docs", action="store_true",
                         help="replace this benchmark's section of docs/benchmarks.md")  # fmt: skip
+    parser.add_argument("--out", type=Path,
+                        help="JSON result (default results/bench-routes-<time>.json)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
@@ -390,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress("interrupted")
         return 130
-    out = REPO_ROOT / "results" / time.strftime("bench-routes-%Y%m%d-%H%M%S.json")
+    out = args.out or REPO_ROOT / "results" / time.strftime("bench-routes-%Y%m%d-%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     section = markdown(result, command.strip())

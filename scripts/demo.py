@@ -28,11 +28,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.parse
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,9 @@ from scripts.stack import (
     GunicornProcess,
     NativeStack,
     StackError,
+    delete_redis_prefix,
     free_port,
+    scratch_database,
 )
 from scripts.verify_dashboards import NATIVE_DROPPED_JOBS
 
@@ -189,9 +193,13 @@ def run_local(args: argparse.Namespace, out: Path) -> int:
             # replicas' internal listener, app/listeners.py).
             httpx.get(base_url + "/health", timeout=5).raise_for_status()
         else:
-            native = NativeStack()
-            say(f"preparing the database (migrate, seed {args.products} products)")
-            native.prepare(products=args.products)
+            # A database and Redis prefix of this run's own, removed when it ends.
+            say(f"preparing a database of its own (migrate, seed {args.products} products)")
+            url = stack.enter_context(scratch_database("demo", args.products))
+            prefix = f"parity-demo-{uuid.uuid4().hex[:12]}:"
+            redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+            stack.callback(delete_redis_prefix, redis_url, prefix)
+            native = NativeStack(database_url=url, env={"REDIS_KEY_PREFIX": prefix})
             port = port_or_free(8000)
             say(f"starting the API with {args.workers} workers on 127.0.0.1:{port}")
             server = stack.enter_context(
@@ -352,6 +360,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="--native: Gunicorn workers (default 2)")  # fmt: skip
     parser.add_argument("--products", type=int, default=10_000,
                         help="products seeded / in the catalogue (default 10000)")  # fmt: skip
+    parser.add_argument("--out", type=Path,
+                        help="Locust's report and log (default results/demo-<time>)")  # fmt: skip
     parser.add_argument("--no-prometheus", dest="prometheus", action="store_false",
                         help="--native/--url: do not start a local Prometheus")  # fmt: skip
     args = parser.parse_args(argv)
@@ -365,7 +375,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = REPO_ROOT / "results" / time.strftime("demo-%Y%m%d-%H%M%S")
+    out = args.out or REPO_ROOT / "results" / time.strftime("demo-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     try:
         if args.compose:

@@ -25,7 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -99,6 +101,31 @@ def drop_database(database_url: str) -> None:
     )
 
 
+@contextmanager
+def scratch_database(tool: str, products: int, database_url: str | None = None) -> Iterator[str]:
+    """A migrated database with `products` products for one run of a tool; yields its URL.
+
+    Unless the user named a database (`database_url`, from a `--database-url` option:
+    prepared and left in place), it is one of the run's own on DATABASE_URL's server
+    (default the local one), `parity_<tool>_<pid>_<random>`, dropped on exit: a tool
+    never migrates or seeds a database it did not create (`make run` uses `app`)."""
+    if database_url is not None:
+        NativeStack(database_url=database_url).prepare(products=products)
+        yield database_url
+        return
+    server = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+    name = f"parity_{tool}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    ensure_database(url)
+    try:
+        migrate(url)
+        if products:
+            seed(url, products)
+        yield url
+    finally:
+        drop_database(url)
+
+
 def delete_redis_prefix(redis_url: str, prefix: str) -> None:
     """Delete every key under `prefix`: what a run or a test wrote to a shared Redis."""
     if not prefix:
@@ -169,6 +196,10 @@ class GunicornProcess:
     log_path: Path
     env: dict[str, str]
     _log_file: Any = field(repr=False)
+    # A log start_gunicorn made (no `log_path` given) is removed by stop(); its text
+    # stays readable here, so a caller reads the log after the exit as before.
+    owns_log: bool = False
+    _stopped_log: str | None = field(default=None, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -224,13 +255,20 @@ class GunicornProcess:
     def send_signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
 
-    def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM (graceful), wait, SIGKILL if it overstays; returns the exit code."""
+    def stop(self, timeout: float = 60.0, *, keep_log: bool = False) -> int:
+        """SIGTERM (graceful), wait, SIGKILL if it overstays; returns the exit code.
+        A temporary log of our own is removed (its text kept in memory for log_text())
+        unless `keep_log`; a log at a path the caller chose is always left in place."""
         stop_process(self.process, timeout)
         self._log_file.close()
+        if self.owns_log and not keep_log and self._stopped_log is None:
+            self._stopped_log = self.log_path.read_text(errors="replace")
+            self.log_path.unlink(missing_ok=True)
         return self.process.returncode
 
     def log_text(self) -> str:
+        if self._stopped_log is not None:
+            return self._stopped_log
         return self.log_path.read_text(errors="replace")
 
     def log_tail(self, lines: int = 30) -> str:
@@ -274,8 +312,11 @@ def start_gunicorn(
     `app` serves another ASGI app with the same configuration (the benchmarks' bare
     FastAPI app)."""
     port = port or free_port(host)
+    owns_log = log_path is None
     if log_path is None:
-        log_path = Path(tempfile.mkstemp(prefix="gunicorn-", suffix=".log")[1])
+        handle, name = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
+        os.close(handle)
+        log_path = Path(name)
     full_env = {
         **os.environ,
         "GUNICORN_WORKERS": str(workers),
@@ -298,7 +339,7 @@ def start_gunicorn(
         stdout=log_file,
         stderr=subprocess.STDOUT,
     )
-    return GunicornProcess(process, host, port, log_path, dict(env), log_file)
+    return GunicornProcess(process, host, port, log_path, dict(env), log_file, owns_log)
 
 
 @dataclass

@@ -62,18 +62,22 @@ class TemporaryPostgres:
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
             os.chown(self.root, user.pw_uid, user.pw_gid)
-        self._run(
-            "initdb",
-            "-D",
-            str(self.datadir),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-            "--no-instructions",
-        )
+        try:
+            self._run(
+                "initdb",
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            )
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)  # nothing left behind on failure
+            raise
 
     def _run(self, tool: str, *args: str) -> None:
         result = subprocess.run(

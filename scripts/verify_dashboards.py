@@ -57,6 +57,7 @@ from scripts.stack import (
     StackError,
     compose_api_url,
     free_port,
+    scratch_database,
 )
 from scripts.traffic import Phase, TrafficReport, run_traffic, seeded_product_ids
 
@@ -451,10 +452,9 @@ def print_report(result: Verification, verbose: bool) -> None:
 def run_native(args: argparse.Namespace, progress: Callable[[str], None]) -> Verification:
     from scripts.throwaway import TemporaryRedis
 
-    stack = NativeStack()
-    progress(f"preparing the database ({args.products} products)")
-    stack.prepare(products=args.products)
-    with TemporaryRedis() as redis:
+    progress(f"preparing a database of its own ({args.products} products)")
+    with scratch_database("dashboards", args.products) as url, TemporaryRedis() as redis:
+        stack = NativeStack(database_url=url)
         env = {
             **TRAFFIC_APP_ENV,
             "REDIS_URL": redis.url,

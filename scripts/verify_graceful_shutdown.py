@@ -33,9 +33,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +55,9 @@ from scripts.stack import (
     StackError,
     child_pids,
     compose_api_url,
+    delete_redis_prefix,
     iter_json_lines,
+    scratch_database,
 )
 
 PHASES = ("signal", "delay", "stop_accepting", "drain", "lifespan_shutdown", "exit")
@@ -267,12 +271,27 @@ class NativeTarget:
     def __init__(self, workers: int, env: dict[str, str], products: int) -> None:
         # The rate limiter (100 requests/min per client by default) would answer most of
         # the load with 429s: this run measures shutdown, not admission control.
-        stack = NativeStack(
-            env={"DEMO_ENDPOINTS_ENABLED": "true", "RATE_LIMIT_ENABLED": "false", **env}
-        )
-        log(f"native: migrating the database, starting Gunicorn with {workers} workers")
-        stack.prepare(products=products)
-        self.server: GunicornProcess = stack.start_gunicorn(workers=workers)
+        # A database and Redis prefix of this run's own, removed by close().
+        self.cleanup = ExitStack()
+        prefix = f"parity-shutdown-{uuid.uuid4().hex[:12]}:"
+        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.cleanup.callback(delete_redis_prefix, redis_url, prefix)
+        log(f"native: a database of its own, starting Gunicorn with {workers} workers")
+        try:
+            url = self.cleanup.enter_context(scratch_database("shutdown", products))
+            stack = NativeStack(
+                database_url=url,
+                env={
+                    "DEMO_ENDPOINTS_ENABLED": "true",
+                    "RATE_LIMIT_ENABLED": "false",
+                    "REDIS_KEY_PREFIX": prefix,
+                    **env,
+                },
+            )
+            self.server: GunicornProcess = stack.start_gunicorn(workers=workers)
+        except BaseException:
+            self.cleanup.close()
+            raise
         self.base_url = self.server.base_url
         self.description = f"native Gunicorn pid {self.server.pid} on {self.base_url}"
 
@@ -292,7 +311,13 @@ class NativeTarget:
         return set(self.server.worker_pids())
 
     def close(self) -> None:
+        """Stop Gunicorn, drop the database and the Redis keys; the log is removed (its
+        records stay readable) unless keep_log() writes it back for a failed run."""
         self.server.stop(timeout=60)
+        self.cleanup.close()
+
+    def keep_log(self) -> None:
+        self.server.log_path.write_text(self.server.log_text())
         log(f"native: Gunicorn log kept at {self.server.log_path}")
 
 
@@ -808,10 +833,17 @@ def main(argv: list[str] | None = None) -> int:
         data = asyncio.run(run_load(target, config))
     except StackError as exc:
         log(f"error: {exc}")
-        return 2
-    finally:
         target.close()
+        if isinstance(target, NativeTarget):
+            target.keep_log()
+        return 2
+    except BaseException:
+        target.close()
+        raise
+    target.close()
     report = summarize(data, config)
+    if isinstance(target, NativeTarget) and not report["verdict"]["ok"]:
+        target.keep_log()  # what a failed run needs to be understood
     report["target"] = target.description
     if args.plot:
         plot_timeline(data, report, args.plot)

@@ -48,6 +48,7 @@ from scripts.stack import (
     NativeStack,
     StackError,
     delete_redis_prefix,
+    scratch_database,
 )
 
 DEFAULT_PATH = "/api/v1/products?limit=1"
@@ -539,7 +540,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     native.add_argument("--quota", type=positive_int, default=20, help="policy quota (20)")
     native.add_argument("--window", type=positive_int, default=60, help="policy window, s (60)")
     native.add_argument(
-        "--database-url", help="Postgres to prepare and use (default: DATABASE_URL or local)"
+        "--database-url",
+        help="a database to prepare (migrate, seed) and use; default: one of this run's own "
+        "on DATABASE_URL's server (or the local one), dropped afterwards",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser.parse_args(argv)
@@ -549,11 +552,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def native_server(args: argparse.Namespace) -> Iterator[tuple[GunicornProcess, Policy]]:
     """A Gunicorn of our own: `--workers` workers, a small dedicated policy, a fresh
     Redis key prefix (deleted afterwards), and 127.0.0.1 as the only trusted proxy."""
-    stack = NativeStack(**({"database_url": args.database_url} if args.database_url else {}))
     prefix = f"parity-verify-{uuid.uuid4().hex[:12]}:"
     policy = Policy("default", args.quota, args.window)
-    progress("preparing the database (create if missing, migrate, seed 10 products)")
-    stack.prepare(products=10)
+    # --database-url: that database, prepared and kept; else one of this run's own.
+    progress("preparing the database (migrate, seed 10 products)")
+    with scratch_database("verify_rl", 10, args.database_url) as url:
+        stack = NativeStack(database_url=url)
+        yield from _serve(stack, args, prefix, policy)
+
+
+def _serve(stack: NativeStack, args: argparse.Namespace, prefix: str,
+           policy: Policy) -> Iterator[tuple[GunicornProcess, Policy]]:  # fmt: skip
     env = {
         "REDIS_KEY_PREFIX": prefix,
         "RATE_LIMIT_ENABLED": "true",
