@@ -1,9 +1,10 @@
 """Fixtures: a Postgres database and a Redis key prefix per test session, apps built
 from `Settings`, and real Gunicorn masters on free ports.
 
-Everything talks to the real Postgres and Redis (DATABASE_URL's server, default
-127.0.0.1:5432; REDIS_URL, default 127.0.0.1:6379). The session's database is created,
-migrated with Alembic and dropped at the end; its Redis keys are deleted.
+Everything talks to the real Postgres and Redis (TEST_DATABASE_SERVER_URL, default
+127.0.0.1:5432; TEST_REDIS_URL, default 127.0.0.1:6379). The session's database is created,
+migrated with Alembic and dropped at the end; its Redis keys are deleted. The session
+fails if it leaves any database, Redis key or file behind (`leaves_nothing_behind`).
 
 The rate limiter is off in apps and servers built by these fixtures unless a test turns
 it on (`RATE_LIMIT_ENABLED=True`): every test of a session shares one Redis prefix and
@@ -32,6 +33,7 @@ from scripts.stack import (
     migrate,
 )
 from tests.helpers import app_client
+from tests.leftovers import LeftoverCheck, private_tmpdir
 
 SERVER_URL = os.environ.get(
     "TEST_DATABASE_SERVER_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -41,6 +43,14 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # unless a test says where: there is no collector here, and each worker would spend its
 # shutdown budget retrying one. Tests of the export set OTEL_TRACES_EXPORTER=otlp.
 os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
+# The scripts the tests run take their servers from DATABASE_URL and REDIS_URL: point
+# those at the test servers, never at what a user exported for `make run`. The scripts
+# use only the server of DATABASE_URL (a database of their own on it); one that used the
+# named database itself would create `parity_tests_unnamed`, which the session reports.
+os.environ["DATABASE_URL"] = (
+    make_url(SERVER_URL).set(database="parity_tests_unnamed").render_as_string(hide_password=False)
+)
+os.environ["REDIS_URL"] = REDIS_URL
 # In CI every test must run: a skip (a missing tool, say) is a failure there.
 STRICT_SKIPS = os.environ.get("PARITY_STRICT_SKIPS") == "1"
 
@@ -54,6 +64,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"not verified (PARITY_STRICT_SKIPS=1 forbids skips): {reason}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_nothing_behind() -> Iterator[None]:
+    """The session fails if it leaves a database, a Redis key, a repository file or a
+    temporary file behind that it created (tests/leftovers.py says how it tells). Its
+    temporary files (Gunicorn logs, the scripts' files) go to a TMPDIR of its own."""
+    with private_tmpdir() as tmpdir:
+        check = LeftoverCheck(server_url=SERVER_URL, redis_url=REDIS_URL, tmpdir=tmpdir)
+        yield
+        problems = check.problems()
+    if problems:
+        pytest.fail("the test session left behind:\n  " + "\n  ".join(problems), pytrace=False)
 
 
 def unique_name(prefix: str) -> str:

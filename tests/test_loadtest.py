@@ -30,7 +30,14 @@ from loadtest.loadstats import Report, find_knee, shape_tick
 from scripts.loadgen import LOCUST_CONF, LocustResult, locust_env, run_locust
 from scripts.prometheus_native import NativePrometheus, binaries, missing_reason, native_config
 from scripts.promql_inventory import DASHBOARD_DIR, GrafanaContext, inventory
-from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, drop_database, free_port
+from scripts.stack import (
+    REPO_ROOT,
+    GunicornProcess,
+    NativeStack,
+    delete_redis_prefix,
+    drop_database,
+    free_port,
+)
 from scripts.tune_workers import Point, recommend, top_pids
 from scripts.verify_dashboards import NATIVE_DROPPED_JOBS, Check, check_all, pending_problems
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
@@ -61,6 +68,7 @@ def seeded_server() -> Iterator[GunicornProcess]:
             yield server
     finally:
         drop_database(stack.database_url)
+        delete_redis_prefix(REDIS_URL, stack.env["REDIS_KEY_PREFIX"])
 
 
 # Server-side metrics the Load test dashboard uses that the API does not export yet
@@ -439,13 +447,13 @@ def test_compose_locust_image_has_the_exporter_dependency_at_the_api_version() -
 
 @pytest.mark.gunicorn
 def test_demo_loads_a_running_api_and_says_what_is_missing_natively(
-    seeded_server: GunicornProcess,
+    seeded_server: GunicornProcess, tmp_path: Path
 ) -> None:
     """`demo.py --url` for 4 s -> a status line from the users, the URLs that exist here,
     and the plain statement that Grafana and Jaeger do not run natively."""
     process = subprocess.run(
         [sys.executable, "scripts/demo.py", "--url", seeded_server.base_url, "--duration", "4",
-         "--users", "4", "--products", str(PRODUCTS), "--no-prometheus"],
+         "--users", "4", "--products", str(PRODUCTS), "--no-prometheus", "--out", str(tmp_path)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]
@@ -459,7 +467,7 @@ def test_demo_loads_a_running_api_and_says_what_is_missing_natively(
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
 def test_route_benchmark_measures_every_route_without_errors(
-    seeded_server: GunicornProcess,
+    seeded_server: GunicornProcess, tmp_path: Path
 ) -> None:
     """scripts/bench_routes.py --url: cached, uncached, list and order routes, 1 round of
     1 s per load, 8 connections at most (fewer than the pooled database connections:
@@ -469,7 +477,8 @@ def test_route_benchmark_measures_every_route_without_errors(
     process = subprocess.run(
         [sys.executable, "scripts/bench_routes.py", "--url", seeded_server.base_url,
          "--redis-prefix", seeded_server.env["REDIS_KEY_PREFIX"], "--products", str(PRODUCTS),
-         "--rounds", "1", "--duration", "1", "--connections", "8", "--json"],
+         "--rounds", "1", "--duration", "1", "--connections", "8", "--json",
+         "--out", str(tmp_path / "routes.json")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]

@@ -29,8 +29,8 @@ SCRIPT = "scripts/verify_graceful_shutdown.py"
 
 
 def run_verification(native_stack: NativeStack, *args: str) -> tuple[int, dict[str, Any]]:
-    """`python scripts/verify_graceful_shutdown.py --native --json ...` on this session's
-    database and Redis prefix, as a user runs it."""
+    """`python scripts/verify_graceful_shutdown.py --native --json ...` as a user runs
+    it: on this session's Postgres server, with a database and Redis prefix of its own."""
     env = {**os.environ, **native_stack.app_env()}
     result = subprocess.run(
         [sys.executable, SCRIPT, "--native", "--json", "--quiet", *args],
