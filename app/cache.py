@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.breaker import CircuitBreaker, CircuitOpen
+from app.deadline import LagTolerantDeadline, lag_tolerant_deadline
 from app.settings import Settings
 from app.telemetry.logging import RateLimitedLog
 from app.telemetry.metrics import DEPENDENCY_ERRORS, count
@@ -47,11 +48,19 @@ class CacheUnavailable(Exception):
     """Redis could not answer in time; the caller falls back to the source of truth."""
 
 
+# What a failed call raises: redis-py's errors, or TimeoutError from our deadline.
+_FAILURES = (RedisError, TimeoutError)
+
+
 def create_redis(settings: Settings) -> Redis:
+    """The worker's client. Its own timeouts are only a backstop: every call on a
+    request's path is bounded by a `lag_tolerant_deadline` of REDIS_TIMEOUT_SECONDS
+    (app/deadline.py), which loop lag does not spend; redis-py's wall-clock timeouts at
+    that value would turn loop lag into Redis failures (and dropped connections)."""
     return Redis.from_url(
         settings.REDIS_URL,
-        socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
-        socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
+        socket_timeout=settings.redis_socket_timeout_seconds,
+        socket_connect_timeout=settings.redis_socket_timeout_seconds,
         # No retries: a retry multiplies the time a request waits on a sick Redis, and
         # the caller has a fallback anyway.
         retry=Retry(NoBackoff(), retries=0),
@@ -81,9 +90,14 @@ class VersionedCache:
         prefix: str,
         namespace: str,
         ttl_seconds: int,
+        timeout: float,
+        max_timeout: float,
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self._redis = redis
+        # Every call: `timeout` on a responsive loop, `max_timeout` at most while it lags.
+        self._timeout = timeout
+        self._max_timeout = max_timeout
         # Lookups and stores skip Redis while it is open; invalidations always try
         # (a write's correctness is worth a timeout, and a success closes the breaker).
         self._breaker = breaker or CircuitBreaker(f"redis cache {namespace}")
@@ -92,6 +106,9 @@ class VersionedCache:
         self._ttl = ttl_seconds
         self._store = redis.register_script(_STORE_IF_VERSION_UNCHANGED)
         self._errors = RateLimitedLog(logger)
+
+    def _deadline(self) -> LagTolerantDeadline:
+        return lag_tolerant_deadline(self._timeout, self._max_timeout)
 
     def _keys(self, entry_id: object) -> tuple[str, str]:
         # The hash tag keeps value and version in one cluster slot, as Lua requires.
@@ -103,8 +120,9 @@ class VersionedCache:
             raise CacheUnavailable from CircuitOpen()
         value_key, version_key = self._keys(entry_id)
         try:
-            value, version = await self._redis.mget(value_key, version_key)
-        except RedisError as exc:
+            async with self._deadline():
+                value, version = await self._redis.mget(value_key, version_key)
+        except _FAILURES as exc:
             self._breaker.record_failure()
             count(DEPENDENCY_ERRORS, "redis", "cache_lookup")
             self._errors.warning("cache lookup failed, reading from Postgres: %r", exc)
@@ -118,10 +136,11 @@ class VersionedCache:
         if not self._breaker.allow():
             return False
         try:
-            stored = await self._store(
-                keys=self._keys(entry_id), args=[seen_version, value, self._ttl]
-            )
-        except RedisError as exc:
+            async with self._deadline():
+                stored = await self._store(
+                    keys=self._keys(entry_id), args=[seen_version, value, self._ttl]
+                )
+        except _FAILURES as exc:
             self._breaker.record_failure()
             count(DEPENDENCY_ERRORS, "redis", "cache_store")
             self._errors.warning("cache store failed: %r", exc)
@@ -138,8 +157,9 @@ class VersionedCache:
             pipe.expire(version_key, VERSION_TTL_SECONDS)
             pipe.delete(value_key)
         try:
-            await pipe.execute()
-        except RedisError as exc:
+            async with self._deadline():
+                await pipe.execute()
+        except _FAILURES as exc:
             self._breaker.record_failure()
             count(DEPENDENCY_ERRORS, "redis", "cache_invalidate")
             self._errors.warning(

@@ -53,10 +53,15 @@ async def _check(
 
 
 async def _check_dependencies(resources: Resources) -> dict[str, dict[str, Any]]:
-    timeout = resources.settings.READY_TIMEOUT_SECONDS
+    settings = resources.settings
+    timeout = settings.READY_TIMEOUT_SECONDS
+    # Redis within its own bound, as requests use it: the client's socket timeout is only
+    # a looser backstop (app/cache.py), and a hung Redis must not slow /ready down past a
+    # load balancer's check timeout (HAProxy's is 1 s).
+    redis_timeout = min(timeout, settings.REDIS_TIMEOUT_SECONDS)
     database, redis = await asyncio.gather(
         _check(lambda: db.ping(resources.engine), timeout, required=True),
-        _check(lambda: cache.ping(resources.redis), timeout, required=False),
+        _check(lambda: cache.ping(resources.redis), redis_timeout, required=False),
     )
     return {"database": database, "redis": redis}
 

@@ -68,6 +68,8 @@ async def open_resources(
         prefix=settings.REDIS_KEY_PREFIX,
         namespace="product",
         ttl_seconds=settings.CACHE_TTL_SECONDS,
+        timeout=settings.REDIS_TIMEOUT_SECONDS,
+        max_timeout=settings.redis_call_max_seconds,
         breaker=breaker,
     )
     sessionmaker = db.create_sessionmaker(engine)
@@ -80,15 +82,17 @@ async def report_dependencies(resources: Resources) -> None:
     lifespan fails makes Gunicorn halt the whole server, and /ready already tells a
     load balancer to wait."""
     timeout = resources.settings.READY_TIMEOUT_SECONDS
-    probes: dict[str, Callable[[], Awaitable[None]]] = {
-        "postgres": lambda: db.ping(resources.engine),
-        "redis": lambda: cache.ping(resources.redis),
+    # Redis within its own bound: the client's socket timeout is only a backstop.
+    redis_timeout = min(timeout, resources.settings.REDIS_TIMEOUT_SECONDS)
+    probes: dict[str, tuple[Callable[[], Awaitable[None]], float]] = {
+        "postgres": (lambda: db.ping(resources.engine), timeout),
+        "redis": (lambda: cache.ping(resources.redis), redis_timeout),
     }
-    for name, probe in probes.items():
+    for name, (probe, seconds) in probes.items():
         try:
             # Not a request: no trace of its own for a ping.
             with suppress_instrumentation():
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(seconds):
                     await probe()
         except Exception as exc:
             logger.warning("%s is not reachable at startup (%r); /ready reports it", name, exc)

@@ -13,13 +13,13 @@ requests are not recorded, so hammering does not extend a lock-out. Why not GCRA
 fixed window: docs/rate-limiting.md.
 
     RateLimitMiddleware   pure ASGI; answers 429 (or 503 when failing closed) itself
-     └── acquire()        one EVALSHA of SLIDING_WINDOW_LOG -> Decision
+     └── acquire()        one EVALSHA of SLIDING_WINDOW_LOG -> Decision, within a
+                          deadline loop lag does not spend (app/deadline.py)
                           (pipelined with other requests' under load: app/autopipeline.py)
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import ipaddress
 import logging
@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.autopipeline import AutoPipeline
 from app.breaker import CircuitOpen
+from app.deadline import lag_tolerant_deadline
 from app.deps import Resources
 from app.errors import problem_response
 from app.settings import RateLimitPolicy, Settings
@@ -155,6 +156,7 @@ class RateLimitMiddleware:
         self.key_header = key_header or None
         self.key_prefix = settings.REDIS_KEY_PREFIX + "ratelimit:"
         self.timeout = settings.REDIS_TIMEOUT_SECONDS
+        self.max_timeout = settings.redis_call_max_seconds
         self.fail_open = settings.RATE_LIMIT_FAIL_OPEN
         self.errors = RateLimitedLog(logger)
 
@@ -170,8 +172,9 @@ class RateLimitMiddleware:
             await self.unavailable(policy, CircuitOpen(), scope, receive, send)
             return
         try:
-            # Bounds the whole call (pool, connect, round-trip), not only a socket read.
-            async with asyncio.timeout(self.timeout):
+            # Bounds the whole call (pool, connect, round-trip), not only a socket read;
+            # time the event loop spends on other requests does not count (issue 18).
+            async with lag_tolerant_deadline(self.timeout, self.max_timeout):
                 decision = await acquire(_client(resources), key, policy)
         except (RedisError, OSError, TimeoutError) as exc:
             breaker.record_failure()

@@ -32,6 +32,11 @@ SECRET_FIELDS = frozenset({"DATABASE_URL", "REDIS_URL"})
 # the lifespan shutdown starts (app/lifecycle.py). Part of the shutdown budget.
 CUT_OFF_GRACE_SECONDS = 0.5
 
+# How much longer than REDIS_TIMEOUT_SECONDS a Redis call may wait while the worker's
+# event loop lags (the deadline moves by the loop's lateness, up to this much in all).
+# Lag that long means the worker is saturated; a call still unanswered then fails.
+REDIS_LAG_ALLOWANCE_SECONDS = 2.0
+
 
 class Settings(BaseSettings):
     # populate_by_name: Settings(GUNICORN_WORKERS=...) by field name, beside its alias.
@@ -58,7 +63,10 @@ class Settings(BaseSettings):
     # Every key this service writes starts with this, so several services (or test
     # sessions) can share one Redis without colliding.
     REDIS_KEY_PREFIX: str = Field("parity:", max_length=64)
-    # Redis is a cache and a limiter: a request never waits longer than this on it.
+    # Redis is a cache and a limiter: a request waits at most this long on it while the
+    # worker's event loop is responsive. Loop lag (other requests' CPU) does not count:
+    # while the loop lags a call may wait up to REDIS_LAG_ALLOWANCE_SECONDS more
+    # (app/deadline.py, docs/reliability.md).
     REDIS_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=10)] = 0.25
     REDIS_MAX_CONNECTIONS: int = Field(64, ge=1, le=10_000)
     CACHE_TTL_SECONDS: int = Field(60, ge=1, le=86_400)
@@ -322,6 +330,20 @@ class Settings(BaseSettings):
             + CUT_OFF_GRACE_SECONDS
             + self.SHUTDOWN_LIFESPAN_TIMEOUT_SECONDS
         )
+
+    @property
+    def redis_call_max_seconds(self) -> float:
+        """The longest a request waits on Redis: REDIS_TIMEOUT_SECONDS, plus at most
+        REDIS_LAG_ALLOWANCE_SECONDS while the event loop lags (app/deadline.py)."""
+        return self.REDIS_TIMEOUT_SECONDS + REDIS_LAG_ALLOWANCE_SECONDS
+
+    @property
+    def redis_socket_timeout_seconds(self) -> float:
+        """redis-py's own connect and read timeouts: a backstop behind our deadline, and
+        looser than it. redis-py times with the wall clock, so at REDIS_TIMEOUT_SECONDS
+        it would turn loop lag into Redis failures (it cancels a read whose answer has
+        just arrived) and drop the connection too."""
+        return self.redis_call_max_seconds + self.REDIS_TIMEOUT_SECONDS
 
     @property
     def database_url_masked(self) -> str:

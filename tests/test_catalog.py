@@ -202,7 +202,9 @@ async def test_a_reader_cannot_cache_a_value_read_before_an_invalidation(redis_p
     """The cache-aside race: 1. reader misses and notes the version 2. writer commits and
     invalidates 3. reader tries to store what it read before the write -> refused."""
     redis = Redis.from_url(REDIS_URL)
-    cache = VersionedCache(redis, prefix=redis_prefix, namespace="race", ttl_seconds=60)
+    cache = VersionedCache(
+        redis, prefix=redis_prefix, namespace="race", ttl_seconds=60, timeout=1, max_timeout=3
+    )
     try:
         before = await cache.lookup(1)
         await cache.invalidate(1)
