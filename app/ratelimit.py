@@ -13,9 +13,11 @@ requests are not recorded, so hammering does not extend a lock-out. Why not GCRA
 fixed window: docs/rate-limiting.md.
 
     RateLimitMiddleware   pure ASGI; answers 429 (or 503 when failing closed) itself
-     └── acquire()        one EVALSHA of SLIDING_WINDOW_LOG -> Decision, within a
-                          deadline loop lag does not spend (app/deadline.py)
-                          (pipelined with other requests' under load: app/autopipeline.py)
+     ├── acquire()        one EVALSHA of SLIDING_WINDOW_LOG -> Decision, within a
+     │                    deadline loop lag does not spend (app/deadline.py)
+     │                    (pipelined with other requests' under load: app/autopipeline.py)
+     └── LocalLimiter     when Redis cannot decide and the policy fails open: this
+                          worker's share of the quota (app/local_limiter.py)
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from app.breaker import CircuitOpen
 from app.deadline import lag_tolerant_deadline
 from app.deps import Resources
 from app.errors import problem_response
+from app.local_limiter import LocalLimiter
 from app.settings import RateLimitPolicy, Settings
 from app.telemetry.logging import RateLimitedLog
 from app.telemetry.metrics import DEPENDENCY_ERRORS, RATE_LIMIT_DECISIONS, count
+from app.worker import default_workers
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +148,8 @@ class RateLimitMiddleware:
     """Admission control before any work is done. Per request it picks the first
     policy that matches the method and path, identifies the client, asks Redis, then
     passes the request on with `RateLimit-Policy` / `RateLimit` response fields added,
-    or answers 429 itself. Never raises into the app: a Redis failure becomes
-    fail-open or a 503, per RATE_LIMIT_FAIL_OPEN."""
+    or answers 429 itself. Never raises into the app: when Redis cannot decide, the
+    policy fails open (this worker's share of the quota) or closed (503)."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -157,7 +161,8 @@ class RateLimitMiddleware:
         self.key_prefix = settings.REDIS_KEY_PREFIX + "ratelimit:"
         self.timeout = settings.REDIS_TIMEOUT_SECONDS
         self.max_timeout = settings.redis_call_max_seconds
-        self.fail_open = settings.RATE_LIMIT_FAIL_OPEN
+        # Per worker (Starlette builds the middleware in the worker, on first use).
+        self.local = LocalLimiter(settings.GUNICORN_WORKERS or default_workers())
         self.errors = RateLimitedLog(logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -169,7 +174,7 @@ class RateLimitMiddleware:
         resources = _resources(scope)
         breaker = resources.redis_breaker
         if not breaker.allow():  # Redis failed repeatedly: do not wait on it again yet
-            await self.unavailable(policy, CircuitOpen(), scope, receive, send)
+            await self.unavailable(policy, key, CircuitOpen(), scope, receive, send)
             return
         try:
             # Bounds the whole call (pool, connect, round-trip), not only a socket read;
@@ -178,7 +183,7 @@ class RateLimitMiddleware:
                 decision = await acquire(_client(resources), key, policy)
         except (RedisError, OSError, TimeoutError) as exc:
             breaker.record_failure()
-            await self.unavailable(policy, exc, scope, receive, send)
+            await self.unavailable(policy, key, exc, scope, receive, send)
             return
         breaker.record_success()
         headers = [
@@ -222,22 +227,41 @@ class RateLimitMiddleware:
     async def unavailable(
         self,
         policy: RateLimitPolicy,
+        key: str,
         exc: BaseException,
         scope: Scope,
         receive: Receive,
         send: Send,
     ) -> None:
         """Redis failed or was slower than REDIS_TIMEOUT_SECONDS for this request, or
-        the circuit breaker skipped the call (`CircuitOpen`: not counted as an error)."""
+        the circuit breaker skipped the call (`CircuitOpen`: not counted as an error).
+        Failing open, this worker decides alone (`LocalLimiter`): admitted requests are
+        counted `fail_open` and carry no RateLimit fields (they describe the shared
+        quota, which was not consulted); refused ones are a 429 counted `limited`."""
         if not isinstance(exc, CircuitOpen):
             count(DEPENDENCY_ERRORS, "redis", "ratelimit")
-        outcome = "fail_open" if self.fail_open else "fail_closed"
-        count(RATE_LIMIT_DECISIONS, policy.name, outcome)
+        mode = "fail_open" if policy.fail_open else "fail_closed"
         error = "timeout" if isinstance(exc, TimeoutError) else repr(exc)
-        self.errors.warning("rate limiter cannot reach Redis (%s), %s", error, outcome)
-        if self.fail_open:
-            await self.app(scope, receive, send)
+        self.errors.warning("rate limiter cannot reach Redis (%s), %s", error, mode)
+        if policy.fail_open:
+            admitted, retry_after = self.local.acquire(key, policy)
+            count(RATE_LIMIT_DECISIONS, policy.name, "fail_open" if admitted else "limited")
+            if admitted:
+                await self.app(scope, receive, send)
+                return
+            share = self.local.share(policy)
+            response = problem_response(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                detail=f"more than {share} requests in {policy.window_seconds} s on this "
+                f"worker while the shared limiter is unavailable (policy {policy.name!r}); "
+                f"retry in {retry_after} s",
+                slug="rate-limited",
+                instance=scope["path"],
+                headers={"Retry-After": str(retry_after)},
+            )
+            await response(scope, receive, send)
             return
+        count(RATE_LIMIT_DECISIONS, policy.name, "fail_closed")
         response = problem_response(
             HTTPStatus.SERVICE_UNAVAILABLE,
             detail="the rate limiter is unavailable; retry later",
@@ -256,11 +280,12 @@ _FIELD_HEADERS = {
 
 
 def document_rate_limits(openapi: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Add the limiter's 429 (and its 503 when failing closed) to every operation it
-    covers, so the OpenAPI document says what the server can answer."""
+    """Add the limiter's 429 (and its 503 where the policy fails closed) to every
+    operation it covers, so the OpenAPI document says what the server can answer."""
     if not settings.RATE_LIMIT_ENABLED:
         return openapi
     exempt = settings.rate_limit_exempt_paths
+    policies = settings.rate_limit_policies
     headers = {
         name: {"description": text, "schema": {"type": "string"}}
         for name, text in _FIELD_HEADERS.items()
@@ -268,10 +293,11 @@ def document_rate_limits(openapi: dict[str, Any], settings: Settings) -> dict[st
     for path, path_item in openapi.get("paths", {}).items():
         if path in exempt:
             continue
-        for operation in path_item.values():
+        for method, operation in path_item.items():
             responses = operation.setdefault("responses", {})
             responses.setdefault("429", {"description": "Too Many Requests", "headers": headers})
-            if not settings.RATE_LIMIT_FAIL_OPEN:
+            policy = next(p for p in policies if p.matches(method.upper(), path))
+            if not policy.fail_open:
                 responses.setdefault("503", {"description": "Service Unavailable"})
     return openapi
 

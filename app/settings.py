@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Literal, Self
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
@@ -34,7 +34,8 @@ CUT_OFF_GRACE_SECONDS = 0.5
 
 # How much longer than REDIS_TIMEOUT_SECONDS a Redis call may wait while the worker's
 # event loop lags (the deadline moves by the loop's lateness, up to this much in all).
-# Lag that long means the worker is saturated; a call still unanswered then fails.
+# Lag that long means the worker is saturated; a call still unanswered then fails, and
+# the limiter falls back to its local bound (docs/rate-limiting.md).
 REDIS_LAG_ALLOWANCE_SECONDS = 2.0
 
 
@@ -80,15 +81,18 @@ class Settings(BaseSettings):
     # QUOTA/WINDOW: at most QUOTA requests in any WINDOW (e.g. 100/60s, 1000/1h), per
     # client, for every route no override matches.
     RATE_LIMIT_DEFAULT: str = "100/60s"
-    # Overrides, ";"-separated, first match wins: NAME=QUOTA/WINDOW [METHODS] [/PATH-PREFIX]
-    RATE_LIMIT_ROUTES: str = "writes=20/60s POST,PUT,PATCH,DELETE /api/"
+    # Overrides, ";"-separated, first match wins:
+    # NAME=QUOTA/WINDOW [METHODS] [/PATH-PREFIX] [fail=open|closed]
+    # Writes fail closed: an unchecked write costs a transaction, a stock update, an order.
+    RATE_LIMIT_ROUTES: str = "writes=20/60s POST,PUT,PATCH,DELETE /api/ fail=closed"
     # Exact paths never limited (probes and scrapes must not be throttled).
     RATE_LIMIT_EXEMPT_PATHS: str = "/health,/ready,/metrics"
     # A client sending this header is limited by (a hash of) its value, others by their
     # address as seen through FORWARDED_ALLOW_IPS. Empty: always by address.
     RATE_LIMIT_KEY_HEADER: str = Field("X-API-Key", pattern=r"^[A-Za-z0-9-]*$", max_length=64)
-    # Redis unavailable or slower than REDIS_TIMEOUT_SECONDS: let the request through
-    # (true) or answer 503 (false).
+    # Redis unavailable or slower than REDIS_TIMEOUT_SECONDS, for policies without a
+    # fail= of their own: true (fail open) decides in the worker, each worker admitting
+    # quota ÷ workers of a client per window (never unlimited); false answers 503.
     RATE_LIMIT_FAIL_OPEN: bool = True
 
     # --- Health --------------------------------------------------------------------
@@ -249,9 +253,14 @@ class Settings(BaseSettings):
 
     @property
     def rate_limit_policies(self) -> tuple[RateLimitPolicy, ...]:
-        """The overrides in the order written, then the default (which matches anything)."""
+        """The overrides in the order written, then the default (which matches anything);
+        a policy without `fail=` fails as RATE_LIMIT_FAIL_OPEN says."""
         default = RateLimitPolicy("default", *parse_quota(self.RATE_LIMIT_DEFAULT))
-        return (*parse_route_policies(self.RATE_LIMIT_ROUTES), default)
+        policies = (*parse_route_policies(self.RATE_LIMIT_ROUTES), default)
+        return tuple(
+            replace(p, fail_open=self.RATE_LIMIT_FAIL_OPEN) if p.fail_open is None else p
+            for p in policies
+        )
 
     @property
     def rate_limit_exempt_paths(self) -> frozenset[str]:
@@ -367,13 +376,18 @@ _POLICY_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 @dataclass(frozen=True, slots=True)
 class RateLimitPolicy:
     """At most `quota` requests in any `window_seconds`, for requests whose method is in
-    `methods` (None: any) and whose path is `path_prefix` or below it (None: any)."""
+    `methods` (None: any) and whose path is `path_prefix` or below it (None: any).
+
+    `fail_open`: what happens when Redis cannot decide. True: each worker decides alone,
+    admitting `quota // workers` per window (at least 1); False: 503. None: not said
+    (`fail=` absent), Settings.rate_limit_policies fills in RATE_LIMIT_FAIL_OPEN."""
 
     name: str
     quota: int
     window_seconds: int
     methods: frozenset[str] | None = None
     path_prefix: str | None = None
+    fail_open: bool | None = None
 
     def matches(self, method: str, path: str) -> bool:
         if self.methods is not None and method not in self.methods:
@@ -408,8 +422,11 @@ def parse_quota(text: str) -> tuple[int, int]:
     return quota, window
 
 
+_FAIL_MODES = {"fail=open": True, "fail=closed": False}
+
+
 def parse_route_policy(entry: str) -> RateLimitPolicy:
-    """`writes=20/60s POST,PATCH /api/` -> RateLimitPolicy."""
+    """`writes=20/60s POST,PATCH /api/ fail=closed` -> RateLimitPolicy."""
     head, *matchers = entry.split()
     name, sep, quota = head.partition("=")
     if not sep or not _POLICY_NAME.match(name) or name == "default":
@@ -419,18 +436,25 @@ def parse_route_policy(entry: str) -> RateLimitPolicy:
         )
     methods: frozenset[str] | None = None
     path_prefix: str | None = None
+    fail_open: bool | None = None
+    if matchers and matchers[-1].startswith("fail="):
+        if matchers[-1] not in _FAIL_MODES:
+            raise ValueError(f"{entry!r}: {matchers[-1]!r} is not fail=open or fail=closed")
+        fail_open = _FAIL_MODES[matchers.pop()]
     for matcher in matchers:
         if matcher.startswith("/") and path_prefix is None:
             path_prefix = matcher
-        elif matcher == "*" or (methods is None and not matcher.startswith("/")):
+        elif matcher == "*" or (methods is None and not matcher.startswith(("/", "fail="))):
             methods = _parse_methods(entry, matcher)
         else:
-            raise ValueError(f"{entry!r}: unexpected {matcher!r} (want [METHODS] [/PATH])")
+            raise ValueError(
+                f"{entry!r}: unexpected {matcher!r} (want [METHODS] [/PATH] [fail=open|closed])"
+            )
     try:
         limits = parse_quota(quota)
     except ValueError as exc:
         raise ValueError(f"{entry!r}: {exc}") from None
-    return RateLimitPolicy(name, *limits, methods, path_prefix)
+    return RateLimitPolicy(name, *limits, methods, path_prefix, fail_open)
 
 
 def _parse_methods(entry: str, text: str) -> frozenset[str] | None:

@@ -216,31 +216,79 @@ def redis_server() -> Iterator[TemporaryRedis]:
         yield server
 
 
-async def test_fail_open_lets_requests_through_logs_once_and_recovers(
+async def test_fail_open_admits_this_workers_share_logs_once_and_recovers(
     limited: MakeSettings, redis_server: TemporaryRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """1. Redis stopped  2. 10 requests  -> all 200 without RateLimit fields, each
-    counted as fail_open, one warning logged  3. Redis started again  -> limited again
+    """Failing open is never unlimited (issue 18, item 2). With one worker its share is
+    the whole quota (3/60s): 1. Redis stopped  2. 5 requests  -> 3 answered 200 without
+    RateLimit fields (counted fail_open), then 429 problems with Retry-After (counted
+    limited), one warning logged  3. Redis started again  -> limited by Redis again
     within a few requests, with no restart of the app."""
-    settings = limited(REDIS_URL=redis_server.url)
+    settings = limited(REDIS_URL=redis_server.url, GUNICORN_WORKERS=1)
     open_before = decisions("default", "fail_open")
+    limited_before = decisions("default", "limited")
     async with client_at(settings) as client:
         assert (await client.get(PRODUCTS)).headers["ratelimit"] == '"default";r=2;t=60'
         redis_server.stop()
         with caplog.at_level(logging.WARNING, logger="app.ratelimit"):
-            during = [await client.get(PRODUCTS) for _ in range(10)]
+            during = [await client.get(PRODUCTS) for _ in range(5)]
         counted_open = decisions("default", "fail_open") - open_before
+        counted_limited = decisions("default", "limited") - limited_before
         redis_server.start()  # empty: the log of the first request is gone
         after = [await client.get(PRODUCTS) for _ in range(6)]
-    assert {r.status_code for r in during} == {200}
+    assert [r.status_code for r in during] == [200, 200, 200, 429, 429]
     assert not any("ratelimit" in r.headers for r in during)
-    assert counted_open == 10
+    refused = during[-1]
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["type"] == "urn:parity:problem:rate-limited"
+    assert refused.json()["detail"] == (
+        "more than 3 requests in 60 s on this worker while the shared limiter is "
+        f"unavailable (policy 'default'); retry in {refused.headers['retry-after']} s"
+    )
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert (counted_open, counted_limited) == (3, 2)
     warnings = [r for r in caplog.records if r.name == "app.ratelimit"]
     assert len(warnings) == 1
     assert "fail_open" in warnings[0].getMessage()
     checked = [r for r in after if "ratelimit" in r.headers]
     assert len(checked) >= 4, "the limiter did not come back by itself"
     assert checked[-1].status_code == 429
+
+
+async def test_failing_open_each_worker_admits_quota_divided_by_workers(
+    limited: MakeSettings, redis_server: TemporaryRedis
+) -> None:
+    """With GUNICORN_WORKERS=2 a worker's share of 3/60s is 1 (rounded down, so a
+    replica never admits more than the quota): Redis stopped  -> 1 request admitted,
+    the next refused. (tests/test_ratelimit_lag.py shows it across real workers.)"""
+    settings = limited(REDIS_URL=redis_server.url, GUNICORN_WORKERS=2)
+    async with client_at(settings) as client:
+        redis_server.stop()
+        statuses = [(await client.get(PRODUCTS)).status_code for _ in range(3)]
+    assert statuses == [200, 429, 429]
+
+
+async def test_a_policy_marked_fail_closed_answers_503_while_failing_open_elsewhere(
+    limited: MakeSettings, redis_server: TemporaryRedis
+) -> None:
+    """The default routes mark writes `fail=closed` (an unchecked write costs a
+    transaction): Redis stopped  -> POST /api/v1/products is a 503 problem with
+    Retry-After before the route runs, while reads fail open within the local share."""
+    settings = limited(
+        REDIS_URL=redis_server.url,
+        GUNICORN_WORKERS=1,
+        RATE_LIMIT_ROUTES=Settings.model_fields["RATE_LIMIT_ROUTES"].default,
+    )
+    closed_before = decisions("writes", "fail_closed")
+    async with client_at(settings) as client:
+        redis_server.stop()
+        write = await client.post("/api/v1/products", json={})
+        read = await client.get(PRODUCTS)
+    assert write.status_code == 503
+    assert write.headers["retry-after"] == "1"
+    assert write.json()["type"] == "urn:parity:problem:dependency-unavailable"
+    assert decisions("writes", "fail_closed") == closed_before + 1
+    assert read.status_code == 200
 
 
 async def test_fail_closed_answers_503_problem_while_redis_is_down(
@@ -266,10 +314,11 @@ async def test_a_frozen_redis_costs_a_request_no_more_than_the_timeout(
     limited: MakeSettings, redis_server: TemporaryRedis
 ) -> None:
     """1. redis-server frozen (SIGSTOP: connections accepted, nothing answered)
-    2. requests  -> answered (fail-open) after about REDIS_TIMEOUT_SECONDS, not hung
-    3. SIGCONT  -> limited again."""
+    2. requests  -> answered (fail-open, within the local share) after about
+    REDIS_TIMEOUT_SECONDS, not hung (the client's own, looser socket timeout never
+    comes into play)  3. SIGCONT  -> limited again."""
     assert redis_server.process is not None
-    settings = limited(REDIS_URL=redis_server.url, REDIS_TIMEOUT_SECONDS=0.2)
+    settings = limited(REDIS_URL=redis_server.url, REDIS_TIMEOUT_SECONDS=0.2, GUNICORN_WORKERS=1)
     async with client_at(settings) as client:
         await client.get(PRODUCTS)
         os.kill(redis_server.process.pid, signal.SIGSTOP)

@@ -74,6 +74,8 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None
             "unknown method 'FETCH'",
         ),
         ("RATE_LIMIT_ROUTES", "a=1/1s; a=2/1s", "policy 'a' is defined twice"),
+        ("RATE_LIMIT_ROUTES", "a=1/1s GET fail=maybe", "'fail=maybe' is not fail=open or"),
+        ("RATE_LIMIT_ROUTES", "a=1/1s fail=open GET", "unexpected 'fail=open' (want"),
         ("RATE_LIMIT_EXEMPT_PATHS", "health", "'health' is not a path (must start with /)"),
         ("RATE_LIMIT_KEY_HEADER", "X API Key", "RATE_LIMIT_KEY_HEADER='X API Key': String"),
         (
@@ -125,6 +127,24 @@ def test_rate_limit_policies_read_from_the_environment(monkeypatch: pytest.Monke
     assert not orders.matches("GET", "/api/v1/orders/7")
     assert reads.matches("GET", "/anything")
     assert default.matches("DELETE", "/anything")
+
+
+def test_each_policy_fails_open_or_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default writes fail closed (`fail=closed` in RATE_LIMIT_ROUTES) and everything
+    else fails open (RATE_LIMIT_FAIL_OPEN); a policy's own `fail=` wins over the global."""
+    for name in ("RATE_LIMIT_ROUTES", "RATE_LIMIT_DEFAULT", "RATE_LIMIT_FAIL_OPEN"):
+        monkeypatch.delenv(name, raising=False)
+    writes, default = Settings().rate_limit_policies
+    assert (writes.name, writes.fail_open, default.fail_open) == ("writes", False, True)
+    assert writes.methods == {"POST", "PUT", "PATCH", "DELETE"}
+
+    monkeypatch.setenv("RATE_LIMIT_FAIL_OPEN", "false")
+    monkeypatch.setenv(
+        "RATE_LIMIT_ROUTES", "search=30/10s GET /api/v1/products fail=open; w=5/1m POST"
+    )
+    search, w, default = Settings().rate_limit_policies
+    assert (search.fail_open, w.fail_open, default.fail_open) == (True, False, False)
+    assert search.path_prefix == "/api/v1/products"
 
 
 def test_secret_values_are_never_echoed(

@@ -108,8 +108,10 @@ DEPENDENCY_ERRORS = Counter(
     ["dependency", "operation"],
 )
 
-# Rate limiter decisions: outcome is "allowed", "limited", "fail_open" (Redis unavailable,
-# request let through) or "fail_closed" (Redis unavailable, request refused with 503).
+# Rate limiter decisions: outcome is "allowed", "limited" (429, from Redis or, while it
+# is unavailable, from the worker's local bound), "fail_open" (Redis unavailable, request
+# let through within the worker's local bound) or "fail_closed" (Redis unavailable,
+# request refused with 503).
 RATE_LIMIT_DECISIONS = Counter(
     "ratelimit_decisions_total",
     "Rate limiter decisions by policy and outcome.",
