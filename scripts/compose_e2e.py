@@ -592,11 +592,10 @@ class E2E:
             killed = time.monotonic()
             os.kill(pid, signal.SIGKILL)
             deadline = killed + 10
-            while watcher.left_at(victim.address, after=killed) is None:
+            while (left := watcher.left_at(victim.address, after=killed)) is None:
                 if time.monotonic() > deadline:
                     raise CheckFailed(f"{victim.name} still in the pool 10 s after SIGKILL")
                 time.sleep(0.1)
-            left = watcher.left_at(victim.address, after=killed) or killed
             lb.wait_for_pool({r.address for r in api_replicas()}, timeout=90)
             back = time.monotonic()
             time.sleep(2)

@@ -138,12 +138,6 @@ class PoolWatcher:
                 return moment
         return None
 
-    def joined_at(self, address: str, after: float) -> float | None:
-        for moment, pool in list(self.samples):
-            if moment >= after and address in pool:
-                return moment
-        return None
-
 
 # --- the api replicas (docker compose) ------------------------------------------------
 
