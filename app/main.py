@@ -24,6 +24,7 @@ from app.breaker import CircuitBreaker
 from app.cache import VersionedCache, create_redis
 from app.catalog.routes import router as catalog_router
 from app.deps import Resources
+from app.docs_ui import install_docs
 from app.errors import document_problem_responses, install_error_handlers
 from app.health import ReadinessCache
 from app.health import router as health_router
@@ -176,8 +177,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=make_lifespan(settings),
         middleware=build_middleware(settings, lifecycle),
         openapi_url="/openapi.json" if docs else None,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        # Our own /docs and /redoc (app/docs_ui.py): their assets come from us, not a CDN.
+        docs_url=None,
+        redoc_url=None,
         # No 307 from `/path/` to `/path`: Starlette builds that Location from the
         # request's Host header, which the client chooses (issue 18). A 404 problem.
         redirect_slashes=False,
@@ -190,6 +192,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = ReadinessCache()
     install_error_handlers(app)
     app.include_router(health_router)
+    if docs:
+        install_docs(app, openapi_url="/openapi.json")
     if settings.METRICS_ENABLED:
         app.include_router(metrics_router)
     app.include_router(catalog_router)

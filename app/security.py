@@ -9,8 +9,9 @@ What a JSON API needs, following the OWASP REST Security Cheat Sheet:
   caching (a public catalog behind a CDN, say) sets Cache-Control itself.
 - `X-Frame-Options: DENY` and `Content-Security-Policy: frame-ancestors 'none'`: no
   page of ours (the /docs HTML included) can be framed for clickjacking. No stricter
-  CSP: /docs loads Swagger UI's script and styles from a CDN.
-- `Referrer-Policy: no-referrer`: the /docs page leaks no URL to that CDN.
+  CSP: the /docs and /redoc pages run an inline script that starts Swagger UI or ReDoc
+  (their assets are our own, app/docs_ui.py).
+- `Referrer-Policy: no-referrer`: no URL of ours leaks to another site a page links to.
 - `Strict-Transport-Security` only when HSTS_MAX_AGE_SECONDS > 0 and the request came
   over HTTPS (directly or, per X-Forwarded-Proto, through a trusted proxy). Browsers
   ignore it over plain HTTP, and a wrong one locks users out of a host for max-age,

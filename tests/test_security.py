@@ -3,6 +3,7 @@ CORS only for configured origins, /docs and /openapi.json behind DOCS_ENABLED.""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import httpx
@@ -105,7 +106,7 @@ async def test_cors_allows_configured_origins_only(make_settings: Callable[..., 
 
 async def test_docs_and_schema_can_be_switched_off(make_settings: Callable[..., Settings]) -> None:
     async with app_client(make_settings(DOCS_ENABLED=False)) as client:
-        for path in ("/docs", "/redoc", "/openapi.json"):
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs-assets/swagger-ui.css"):
             response = await client.get(path)
             assert response.status_code == 404, path
             assert response.headers["content-type"] == "application/problem+json"
@@ -113,6 +114,23 @@ async def test_docs_and_schema_can_be_switched_off(make_settings: Callable[..., 
     async with app_client(make_settings()) as client:
         assert (await client.get("/openapi.json")).status_code == 200
         assert (await client.get("/docs")).status_code == 200
+
+
+async def test_the_docs_pages_load_every_asset_from_the_api_itself(
+    client: httpx.AsyncClient,
+) -> None:
+    """/docs and /redoc work offline: each script, stylesheet and icon they reference is
+    a path of ours that answers 200, and nothing points at another host (a CDN)."""
+    for page in ("/docs", "/redoc"):
+        html = (await client.get(page)).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert len(assets) >= 2, html
+        for asset in assets:
+            assert asset.startswith("/docs-assets/"), f"{page} loads {asset}"
+            response = await client.get(asset)
+            assert response.status_code == 200, asset
+            assert int(response.headers["content-length"]) > 1000, asset
+        assert "https://" not in html, f"{page} names another host"
 
 
 async def test_a_trailing_slash_is_not_redirected_to_a_host_the_client_chose(

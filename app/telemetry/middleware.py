@@ -246,7 +246,8 @@ class TelemetryMiddleware:
         template = getattr(scope.get("route"), "path_format", None)
         if template:
             return str(template)
-        # Plain Starlette routes (/docs, /openapi.json) set only the endpoint.
+        # Plain Starlette routes (/openapi.json) set only the endpoint; a mount (the docs'
+        # assets) sets its app as the endpoint: `/docs-assets/{path}`.
         endpoint = scope.get("endpoint")
         if endpoint is None:
             return self._route_not_reached(scope)
@@ -254,7 +255,11 @@ class TelemetryMiddleware:
         if template is None:
             routes = getattr(scope.get("app"), "routes", ())
             template = next(
-                (r.path_format for r in routes if getattr(r, "endpoint", None) is endpoint),
+                (
+                    r.path_format
+                    for r in routes
+                    if endpoint in (getattr(r, "endpoint", None), getattr(r, "app", None))
+                ),
                 UNMATCHED_ROUTE,
             )
             self._endpoint_routes[endpoint] = template  # bounded by the number of routes
