@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help venv services run test lint audit format lock clean dashboards verify-dashboards tools images-offline e2e up up-offline down logs verify-shutdown rollout
+.PHONY: help venv services run dev test lint audit format lock clean dashboards verify-dashboards tools images-offline e2e up up-offline down logs verify-shutdown rollout
 
 .PHONY: loadtest tune demo
 
@@ -33,6 +33,9 @@ services: ## start (or install) the local Postgres and Redis
 
 run: venv services ## migrate, seed and serve natively with Gunicorn on :8000
 	$(BIN)/python scripts/stack.py up
+
+dev: venv services ## like make run, but one process that reloads when app/ changes
+	$(BIN)/python scripts/stack.py dev
 
 test: venv services ## run the test suite against the real Postgres, Redis and Gunicorn
 	$(BIN)/pytest

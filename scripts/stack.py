@@ -2,8 +2,9 @@
 `--native` mode and the tests: the same `gunicorn.conf.py` and app as the container,
 against a local Postgres and Redis. `--compose` targets drive a `docker compose` stack.
 
-    python scripts/stack.py up [--workers N] [--bind HOST:PORT] [--products N]
-    python scripts/stack.py prepare          # create the database, migrate, seed
+    .venv/bin/python scripts/stack.py up [--workers N] [--bind HOST:PORT] [--products N]
+    .venv/bin/python scripts/stack.py dev [--bind HOST:PORT]   # one process, reloads
+    .venv/bin/python scripts/stack.py prepare  # create the database, migrate, seed
 
 Library use (scripts, tests):
 
@@ -542,6 +543,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, text in (
         ("prepare", "create the database, migrate, seed"),
         ("up", "prepare, then run Gunicorn in the foreground"),
+        ("dev", "prepare, then one Uvicorn process that restarts when app/ changes"),
     ):
         command = sub.add_parser(name, help=text)
         command.add_argument(
@@ -551,6 +553,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             command.add_argument(
                 "--workers", type=int, help="default: GUNICORN_WORKERS or one per CPU"
             )
+        if name in ("up", "dev"):
             command.add_argument("--bind", help="default: GUNICORN_BIND or 127.0.0.1:8000")
     return parser.parse_args(argv)
 
@@ -571,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare":
         return 0
     env = {"DATABASE_URL": stack.database_url}
+    if args.command == "dev":
+        return exec_reloading_server(env, args.bind or os.environ.get("GUNICORN_BIND"))
     if args.workers:
         env["GUNICORN_WORKERS"] = str(args.workers)
     if args.bind:
@@ -593,6 +598,23 @@ def serving_line(bind: str | None) -> str:
         f"serving on {base}: API docs {base}/docs, metrics {base}/metrics, readiness "
         f"{base}/ready; JSON logs follow (LOG_JSON=false for plain lines)"
     )
+
+
+def exec_reloading_server(env: Mapping[str, str], bind: str | None) -> NoReturn:
+    """Replace this process with one Uvicorn process that restarts whenever a file under
+    app/ changes (`make dev`). Not Gunicorn: its --reload restarts workers, not the
+    master that imported the settings, and a development loop needs neither several
+    workers nor the graceful-shutdown machinery. Plain log lines unless LOG_JSON is set."""
+    host, _, port = (bind or "127.0.0.1:8000").rpartition(":")
+    if sys.stderr.isatty():
+        base = f"http://{host or '127.0.0.1'}:{port}"
+        print(f"serving on {base} (API docs {base}/docs); restarts when a file under app/ "
+              "changes", file=sys.stderr)  # fmt: skip
+    os.chdir(REPO_ROOT)
+    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--reload", "--reload-dir", "app",
+            "--host", host or "127.0.0.1", "--port", port, "--no-server-header"]  # fmt: skip
+    environment = {"LOG_JSON": "false", **os.environ, **env}
+    os.execve(sys.executable, argv, environment)  # noqa: S606
 
 
 def exec_gunicorn(env: Mapping[str, str]) -> NoReturn:
