@@ -46,6 +46,8 @@ timeout = settings.GUNICORN_TIMEOUT
 graceful_timeout = settings.GUNICORN_GRACEFUL_TIMEOUT
 # Idle keep-alive: must exceed the idle timeout of whatever proxies to us (AWS ALB and
 # nginx default to 60 s), else the proxy reuses a connection we are closing -> 502s.
+# For peers in FORWARDED_ALLOW_IPS only: a direct client's idle connection closes after
+# DIRECT_CLIENT_KEEPALIVE_SECONDS (app/http_protocol.py).
 keepalive = settings.GUNICORN_KEEPALIVE
 # Recycle a worker after this many requests (plus jitter, so workers do not all
 # restart together): a bound on slow leaks in dependencies. Large enough that a worker
@@ -53,8 +55,9 @@ keepalive = settings.GUNICORN_KEEPALIVE
 max_requests = settings.GUNICORN_MAX_REQUESTS
 max_requests_jitter = settings.GUNICORN_MAX_REQUESTS_JITTER
 forwarded_allow_ips = settings.FORWARDED_ALLOW_IPS
-# Open connections per worker; our worker class makes it Uvicorn's limit_concurrency
-# (a 503 problem beyond it). Idle keep-alive connections count (docs/reliability.md).
+# Open connections per worker; our worker class makes it Uvicorn's limit_concurrency.
+# Beyond it the longest-idle connections are closed to make room, and a request gets a
+# 503 problem only when none is idle (app/connections.py, docs/reliability.md).
 worker_connections = settings.GUNICORN_WORKER_CONNECTIONS
 # Kernel accept queue. A small one does not shed load faster: a full queue drops SYNs
 # and clients retransmit after 1 s, 3 s, ... Fast refusal is worker_connections' job.

@@ -15,6 +15,19 @@ runs each against a real Gunicorn).
 3. **Overload answers in our format.** Beyond `limit_concurrency` Uvicorn answers a
    plain-text 503; here it is a problem+json 503 with `Retry-After`, like every other
    error of the service.
+4. **Idle connections make room; one address cannot take them all.** Uvicorn counts
+   idle keep-alive connections against `limit_concurrency`, so held idle connections
+   lock everyone else out. Here the worker's connections are tracked
+   (app/connections.py): under pressure the longest-idle are closed before a request is
+   refused, a direct client may hold `connections_per_address` connections per worker,
+   and its idle keep-alive connections close after `direct_client_keepalive` seconds
+   (a trusted proxy's after Uvicorn's `timeout_keep_alive`, GUNICORN_KEEPALIVE).
+
+Uvicorn API this leans on beyond the documented `http=` class: the protocol's
+attributes `limit_concurrency`, `timeout_keep_alive`, `tasks`, `cycle`, `client`,
+`transport`, `server_state`, and its methods `on_message_begin`,
+`on_headers_complete`, `on_response_complete`, `_start_asgi_task`,
+`handle_websocket_upgrade`, `send_400_response` (all in httptools_impl.py).
 """
 
 from __future__ import annotations
@@ -22,12 +35,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from http import HTTPStatus
 from typing import Any, ClassVar
 
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
-from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+
+from app.connections import ConnectionRegistry, PeerTrust, Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +63,34 @@ class _RequestRejected(Exception):
 
 
 class HardenedHttpToolsProtocol(HttpToolsProtocol):
-    """`HttpToolsProtocol` with a header read timeout, a header size limit and a
-    problem+json overload answer. Configure with `configured(...)`."""
+    """`HttpToolsProtocol` with a header read timeout, a header size limit, connection
+    admission that closes idle connections first and a problem+json overload answer.
+    Configure with `configured(...)`."""
 
     header_read_timeout: ClassVar[float] = 10.0
     max_header_bytes: ClassVar[int] = 32 * 1024
+    connections_per_address: ClassVar[int] = 128
+    direct_client_keepalive: ClassVar[int] = 20
+    peer_trust: ClassVar[PeerTrust] = PeerTrust("127.0.0.1,::1")
 
     @classmethod
     def configured(
-        cls, *, header_read_timeout: float, max_header_bytes: int
+        cls,
+        *,
+        header_read_timeout: float,
+        max_header_bytes: int,
+        connections_per_address: int,
+        direct_client_keepalive: int,
+        forwarded_allow_ips: str,
     ) -> type[HardenedHttpToolsProtocol]:
         """A subclass with these limits (Uvicorn's `http=` takes a class, not an instance)."""
-        limits = {"header_read_timeout": header_read_timeout, "max_header_bytes": max_header_bytes}
+        limits = {
+            "header_read_timeout": header_read_timeout,
+            "max_header_bytes": max_header_bytes,
+            "connections_per_address": connections_per_address,
+            "direct_client_keepalive": direct_client_keepalive,
+            "peer_trust": PeerTrust(forwarded_allow_ips),
+        }
         return type(cls.__name__, (cls,), limits)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -66,19 +98,41 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
         self._rejected = False
+        # Admission is ours (`_start_asgi_task`): Uvicorn's own check would count the
+        # idle connections we are about to close.
+        self._registry = registry_for(
+            self.server_state,
+            max_connections=self.limit_concurrency,
+            per_address=self.connections_per_address,
+        )
+        self.limit_concurrency = None
+        self._requests_begun = 0
+        self._responses_sent = 0
 
-    # --- header read timeout -----------------------------------------------------
+    # --- connection life, header read timeout --------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        address = self.peer_trust.capped_address(self.client[0] if self.client else None)
+        if address is not None:  # a direct client: a shorter idle keep-alive
+            self.timeout_keep_alive = min(self.timeout_keep_alive, self.direct_client_keepalive)
+        self._registry.opened(transport, address)
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        self._registry.closed(self.transport)
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        # The transport goes to the WebSocket protocol: this one never sees it close.
+        self._registry.closed(self.transport)
+        super().handle_websocket_upgrade()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._requests_begun += 1
+        self._registry.busy(self.transport)
         self._header_bytes = 0
         # A new connection's timer already runs since connect; a keep-alive request's
         # starts with its first byte (the idle time before it is Uvicorn's keep-alive).
@@ -158,18 +212,54 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(head) + body)
         self.transport.close()
 
+    # --- admission ------------------------------------------------------------------
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._responses_sent += 1
+        if self._responses_sent == self._requests_begun:  # no pipelined request begun
+            self._registry.idle(self.transport)
+
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        if app is service_unavailable:  # Uvicorn's choice when limit_concurrency is hit
-            app = overloaded
+        if app is self.app:
+            refusal = self._registry.admit(self.transport, in_flight=len(self.tasks))
+            if refusal is not None:
+                app = self._refused(refusal)
         super()._start_asgi_task(cycle, app)
 
+    def _refused(self, refusal: Refusal) -> ASGI3Application:
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
+        if refusal is Refusal.ADDRESS_FULL:
+            logger.warning(
+                "%s: 503, this address holds %d connections to this worker",
+                client,
+                self.connections_per_address,
+            )
+            return address_overloaded
+        logger.warning("%s: 503, this worker is at its connection limit", client)
+        return overloaded
 
-async def overloaded(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
-    """503 problem+json for a request beyond the worker's `limit_concurrency`. Closes the
-    connection: open connections are what the limit counts."""
-    body = problem_bytes(
-        HTTPStatus.SERVICE_UNAVAILABLE, "this worker is at its connection limit; retry shortly"
-    )
+
+def registry_for(
+    server_state: ServerState, *, max_connections: int | None, per_address: int
+) -> ConnectionRegistry:
+    """The connection registry of this server (one per worker process)."""
+    registry = _registries.get(server_state)
+    if registry is None:
+        registry = ConnectionRegistry(max_connections=max_connections, per_address=per_address)
+        _registries[server_state] = registry
+    return registry
+
+
+_registries: weakref.WeakKeyDictionary[ServerState, ConnectionRegistry] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def overload_answer(detail: str) -> ASGI3Application:
+    """An ASGI app answering 503 problem+json with `Retry-After`. It closes the
+    connection: open connections are what the limits count."""
+    body = problem_bytes(HTTPStatus.SERVICE_UNAVAILABLE, detail)
     headers = [
         (b"content-type", PROBLEM_MEDIA_TYPE),
         (b"content-length", str(len(body)).encode()),
@@ -177,5 +267,18 @@ async def overloaded(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendC
         (b"cache-control", b"no-store"),
         (b"connection", b"close"),
     ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def answer(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return answer
+
+
+# Beyond GUNICORN_WORKER_CONNECTIONS with no idle connection left to close.
+overloaded = overload_answer("this worker is at its connection limit; retry shortly")
+# A direct client holding WORKER_CONNECTIONS_PER_ADDRESS busy connections to this worker.
+address_overloaded = overload_answer(
+    "this client address already holds as many busy connections to this worker as one "
+    "address may; reuse them, or retry shortly"
+)

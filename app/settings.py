@@ -132,11 +132,24 @@ class Settings(BaseSettings):
     GUNICORN_KEEPALIVE: int = Field(75, ge=0, le=3600)
     GUNICORN_MAX_REQUESTS: int = Field(100_000, ge=0)
     GUNICORN_MAX_REQUESTS_JITTER: int = Field(10_000, ge=0)
-    # Open connections per worker (Uvicorn's limit_concurrency): beyond it a new
-    # request gets a 503 problem at once instead of queueing. Idle keep-alive
-    # connections count, so it must exceed the connection pools of the proxies in
-    # front; each connection costs a file descriptor and some kilobytes.
+    # Open connections per worker (Uvicorn's limit_concurrency): beyond it the
+    # longest-idle connections are closed to make room, and a request is answered 503
+    # at once (instead of queueing) only when every other connection is busy
+    # (app/connections.py). Keep it above the connection pools of the proxies in front,
+    # whose idle connections would otherwise be closed under load; each connection
+    # costs a file descriptor and some kilobytes.
     GUNICORN_WORKER_CONNECTIONS: int = Field(1000, ge=1, le=100_000)
+    # A direct client (a peer not in FORWARDED_ALLOW_IPS) may hold this many busy
+    # connections to each worker; its next one closes its own longest-idle connection,
+    # or gets a 503 problem when none is idle. Far above what one client needs (browsers
+    # open 6 per host, HTTP client pools 10-100), far below GUNICORN_WORKER_CONNECTIONS,
+    # so one address cannot take a worker. Proxies in FORWARDED_ALLOW_IPS are not capped.
+    WORKER_CONNECTIONS_PER_ADDRESS: int = Field(128, ge=1, le=100_000)
+    # A direct client's idle keep-alive connection closes after this long; a trusted
+    # proxy's after GUNICORN_KEEPALIVE (which must outlast the proxy's own idle timeout).
+    # Connections held idle by one direct client last seconds, not a minute; above a
+    # 15 s scrape interval, so a scraper reusing its connection never races the close.
+    DIRECT_CLIENT_KEEPALIVE_SECONDS: int = Field(20, ge=0, le=3600)
     # Kernel accept queue of the listening socket (capped by net.core.somaxconn).
     GUNICORN_BACKLOG: int = Field(2048, ge=1, le=65_535)
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed: addresses or CIDR

@@ -57,13 +57,18 @@ def limit_options(settings: Settings, worker_connections: int) -> dict[str, Any]
     """Uvicorn options for the limits of docs/reliability.md.
 
     - `http`: Uvicorn's httptools protocol with a header read timeout, a header size
-      limit and a problem+json 503 (app/http_protocol.py).
+      limit, a cap per client address, a shorter idle keep-alive for direct clients
+      and a problem+json 503 (app/http_protocol.py, app/connections.py).
     - `limit_concurrency`: Gunicorn's own `worker_connections` knob, which
-      uvicorn-worker ignores; beyond it a new request is answered 503 at once.
+      uvicorn-worker ignores; beyond it idle connections are closed to make room, and
+      a request is answered 503 when none is idle.
     """
     protocol = HardenedHttpToolsProtocol.configured(
         header_read_timeout=settings.HEADER_READ_TIMEOUT_SECONDS,
         max_header_bytes=settings.MAX_REQUEST_HEADER_BYTES,
+        connections_per_address=settings.WORKER_CONNECTIONS_PER_ADDRESS,
+        direct_client_keepalive=settings.DIRECT_CLIENT_KEEPALIVE_SECONDS,
+        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
     )
     return {"http": protocol, "limit_concurrency": worker_connections}
 

@@ -1,7 +1,8 @@
 """Limits at the connection level, against a real Gunicorn over raw sockets: header size
-(431), header read timeout (408), the per-worker connection limit (503 problem), the
-body limit without reading the body, the handler timeout cancelling a real database
-statement, and 50 slowloris sockets that must not starve normal traffic."""
+(431), header read timeout (408), the per-worker connection limit (503 problem; idle
+connections under pressure: tests/test_idle_connections.py), the body limit without
+reading the body, the handler timeout cancelling a real database statement, and 50
+slowloris sockets that must not starve normal traffic."""
 
 from __future__ import annotations
 
@@ -98,10 +99,14 @@ def test_headers_must_arrive_within_the_header_read_timeout(gunicorn: Start) -> 
 
 
 def test_beyond_worker_connections_the_answer_is_a_503_problem(gunicorn: Start) -> None:
-    """1. one worker, GUNICORN_WORKER_CONNECTIONS=4  2. four idle connections held
-    -> a new request gets a 503 problem with Retry-After  3. they close -> 200."""
+    """1. one worker, GUNICORN_WORKER_CONNECTIONS=4  2. four connections held in the
+    middle of a request (idle ones would be closed to make room: tests/
+    test_idle_connections.py) -> a new request gets a 503 problem with Retry-After
+    3. they close -> 200."""
     server = gunicorn(workers=1, env={"GUNICORN_WORKER_CONNECTIONS": "4"})
-    idle = [connect(server) for _ in range(4)]
+    busy = [connect(server) for _ in range(4)]
+    for sock in busy:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHo")
     try:
         deadline = time.monotonic() + 10
         while True:  # the worker accepts the idle sockets asynchronously
@@ -114,7 +119,7 @@ def test_beyond_worker_connections_the_answer_is_a_503_problem(gunicorn: Start) 
         assert response.headers["retry-after"] == "1"
         assert "connection limit" in response.json()["detail"]
     finally:
-        for sock in idle:
+        for sock in busy:
             sock.close()
     deadline = time.monotonic() + 10
     while httpx.get(server.base_url + "/health").status_code != 200:
