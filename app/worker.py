@@ -13,6 +13,7 @@ from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker as _UvicornWorker
 
 from app.http_protocol import HardenedHttpToolsProtocol
+from app.proxy_trust import ForwardedHeadersMiddleware
 from app.settings import Settings, load_settings
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -102,6 +103,8 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # untyped base
         for name, value in options.items():
             setattr(self.config, name, value)
         self.config.timeout_graceful_shutdown = self.settings.SHUTDOWN_DRAIN_TIMEOUT_SECONDS
+        # Ours instead of Uvicorn's: it parses X-Forwarded-For (app/proxy_trust.py).
+        self.config.proxy_headers = False
 
     async def _serve(self) -> None:
         # uvicorn-worker's `_serve`, with our server class in place of Uvicorn's.
@@ -110,7 +113,7 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # untyped base
         # (and prometheus_client, which must come after).
         from app.lifecycle import GracefulServer, Lifecycle
 
-        self.config.app = self.wsgi
+        self.config.app = ForwardedHeadersMiddleware(self.wsgi, self.settings.FORWARDED_ALLOW_IPS)
         state = getattr(self.wsgi, "state", None)
         lifecycle = getattr(state, "lifecycle", None) or Lifecycle()
         server = GracefulServer(self.config, self.settings, lifecycle)

@@ -1,19 +1,27 @@
 """The warning at start when every client behind a proxy would share one address
 (app/proxy_trust.py): when it is due, and that a real Gunicorn master logs it once,
-and only then."""
+and only then. And what a trusted proxy's X-Forwarded-For may name: an IP address, in
+its canonical text, or nobody (the proxy's own address stays the client)."""
 
 from __future__ import annotations
 
 import re
 import socket
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from app.proxy_trust import Listener, shared_identity_warning, trusted_networks
+from app.proxy_trust import (
+    Listener,
+    forwarded_client,
+    parse_address,
+    shared_identity_warning,
+    trusted_networks,
+)
 from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, start_gunicorn
 from tests.test_deploy_lb import default, services
 
@@ -181,3 +189,80 @@ def test_on_a_unix_socket_forwarded_for_is_believed_only_with_any_peer(
         assert f"listens on unix:{path}" in str(record["message"])
     else:
         assert found == []
+
+
+# --- X-Forwarded-For values are parsed as addresses -----------------------------------
+
+# What issue 18 found counted as three fresh clients, each with a full quota.
+NOT_ADDRESSES = ["a1", "01.2.3.4", "1.2.3.4.", "unknown", "_hidden", "1.2.3.4:x", "[::1", ""]
+
+
+@pytest.mark.parametrize("value", NOT_ADDRESSES)
+def test_an_entry_that_is_not_an_address_names_no_client(value: str) -> None:
+    assert parse_address(value) is None
+    assert forwarded_client(value, trusted_networks(LOOPBACK_ONLY)) is None
+    assert forwarded_client(value, None) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "client"),
+    [
+        ("198.51.100.7", "198.51.100.7"),
+        (" 198.51.100.7:4711", "198.51.100.7"),
+        ("2001:DB8:0:0::7", "2001:db8::7"),  # one text per address
+        ("[2001:db8::7]:443", "2001:db8::7"),
+        ("::ffff:198.51.100.7", "198.51.100.7"),  # the same client over IPv6 sockets
+        ("fe80::7%eth0", "fe80::7"),
+        ("198.51.100.7, 127.0.0.1", "198.51.100.7"),  # a second, trusted, proxy appended
+        ("203.0.113.9, 198.51.100.7", "198.51.100.7"),  # the left one is the client's say
+        ("198.51.100.7, a1", None),  # who wrote `a1` is not a proxy we trust
+        ("127.0.0.1, ::1", "127.0.0.1"),  # every hop a trusted proxy: the first
+    ],
+)
+def test_the_client_is_the_canonical_address_right_of_the_trusted_proxies(
+    value: str, client: str | None
+) -> None:
+    assert forwarded_client(value, trusted_networks(LOOPBACK_ONLY)) == client
+
+
+def test_with_every_peer_trusted_the_left_most_entry_is_the_client() -> None:
+    assert forwarded_client("198.51.100.7, 203.0.113.9", None) == "198.51.100.7"
+    assert forwarded_client("01.2.3.4, 203.0.113.9", None) is None
+
+
+PROXY = "127.0.0.17"  # a trusted proxy, by the range it is in (as an ingress's pods)
+
+
+@pytest.mark.gunicorn
+def test_unparsable_forwarded_for_counts_against_the_proxy_not_a_fresh_client(
+    gunicorn: Start, redis_prefix: str
+) -> None:
+    """Issue 18: `a1`, `01.2.3.4` and `1.2.3.4.` were three new clients.
+    1. Gunicorn, a quota of 3 requests a minute, proxies trusted in 127.0.0.16/28
+    2. the proxy forwards 3 requests whose X-Forwarded-For is each of those  -> 200 each
+    3. the proxy asks on its own behalf  -> 429: the three were counted against it
+    4. it forwards ::ffff:198.51.100.7  -> 200, and the access log says 198.51.100.7."""
+    server = gunicorn(
+        workers=1,
+        env={
+            "RATE_LIMIT_ENABLED": "true",
+            "RATE_LIMIT_DEFAULT": "3/60s",
+            "RATE_LIMIT_ROUTES": "",
+            "RATE_LIMIT_KEY_HEADER": "",
+            "FORWARDED_ALLOW_IPS": "127.0.0.16/28",
+            "REDIS_KEY_PREFIX": f"{redis_prefix}{uuid.uuid4().hex[:8]}:",
+        },
+    )
+    transport = httpx.HTTPTransport(local_address=PROXY)
+    with httpx.Client(transport=transport, base_url=server.base_url) as proxy:
+
+        def get(forwarded_for: str | None) -> int:
+            headers = {"X-Forwarded-For": forwarded_for} if forwarded_for is not None else {}
+            return proxy.get("/api/v1/products?limit=1", headers=headers).status_code
+
+        assert [get(value) for value in ("a1", "01.2.3.4", "1.2.3.4.")] == [200, 200, 200]
+        assert get(None) == 429
+        assert get("::ffff:198.51.100.7") == 200
+    server.stop()
+    clients = [r["client"] for r in server.log_records() if r.get("logger") == "app.access"]
+    assert clients == [PROXY, PROXY, PROXY, PROXY, "198.51.100.7"]
