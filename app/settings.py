@@ -200,6 +200,13 @@ class Settings(BaseSettings):
     # no export thread, no instrumentation, nothing per request). Endpoint, sampler,
     # batch sizes: the other OTEL_* variables, read by the SDK itself.
     OTEL_SDK_DISABLED: bool = False
+    # Callers whose W3C trace context (`traceparent`: trace id and sampled flag) is
+    # continued: addresses or CIDR networks, comma-separated, matched against the client
+    # address as seen through FORWARDED_ALLOW_IPS; `*` for every caller. Anyone else's
+    # request starts a new trace, sampled at our own ratio and linked to the one it
+    # claimed: a client must not decide that it is traced (issue 18). Empty (default):
+    # no caller; set it to the traced services that call this one.
+    TRACE_CONTEXT_TRUSTED_CALLERS: str = ""
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -241,6 +248,12 @@ class Settings(BaseSettings):
     @field_validator("FORWARDED_ALLOW_IPS")
     @classmethod
     def _forwarded_allow_ips_are_networks(cls, value: str) -> str:
+        trusted_networks(value)
+        return value
+
+    @field_validator("TRACE_CONTEXT_TRUSTED_CALLERS")
+    @classmethod
+    def _trace_context_callers_are_networks(cls, value: str) -> str:
         trusted_networks(value)
         return value
 

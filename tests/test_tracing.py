@@ -106,6 +106,8 @@ def traced_run(database_url: str, redis_prefix: str) -> Iterator[TracedRun]:
                 "OTEL_TRACES_EXPORTER": "otlp",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
                 "OTEL_BSP_SCHEDULE_DELAY": "600000",
+                # The test is the traced upstream whose trace context is continued.
+                "TRACE_CONTEXT_TRUSTED_CALLERS": "127.0.0.1,::1",
             },
         )
         try:
@@ -182,9 +184,11 @@ def test_one_product_read_is_one_trace_with_server_sql_and_redis_spans(
 def test_incoming_traceparent_is_continued_and_returned_in_traceresponse(
     traced_run: TracedRun,
 ) -> None:
-    """W3C trace context in: the server span belongs to the caller's trace, its parent is
-    the caller's span, the caller's "sampled" decision is kept (the default sampler
-    samples only 10% of new traces). Out: `traceresponse` names our span."""
+    """W3C trace context in, from a TRACE_CONTEXT_TRUSTED_CALLERS caller: the server
+    span belongs to the caller's trace, its parent is the caller's span, the caller's
+    "sampled" decision is kept (the default sampler samples only 10% of new traces).
+    Out: `traceresponse` names our span. (Untrusted callers:
+    tests/test_trace_context_trust.py.)"""
     server = traced_run.server_span()
     assert server.trace_id == traced_run.trace_id
     assert server.parent_span_id == traced_run.caller_span_id
@@ -356,12 +360,13 @@ def context_records() -> Iterator[list[logging.LogRecord]]:
 
 
 async def test_log_lines_during_a_request_carry_its_request_and_trace_ids(
-    settings: Settings, context_records: list[logging.LogRecord]
+    make_settings: Callable[..., Settings], context_records: list[logging.LogRecord]
 ) -> None:
-    """A route that logs a warning, called with a sampled `traceparent` and a request id
-    -> the warning record has that request id, the trace id and the server span's id (the
-    ones in `traceresponse`); a line logged outside any request has none of them."""
-    app = create_app(settings)
+    """A route that logs a warning, called by a trusted caller with a sampled
+    `traceparent` and a request id -> the warning record has that request id, the trace
+    id and the server span's id (the ones in `traceresponse`); a line logged outside any
+    request has none of them."""
+    app = create_app(make_settings(TRACE_CONTEXT_TRUSTED_CALLERS="127.0.0.1"))
 
     @app.get("/test-logs")
     async def logs_something() -> dict[str, str]:

@@ -11,8 +11,9 @@ Per request:
    `[A-Za-z0-9._:-]`, else a new random one; echoed in the response header and put on
    every log line of the request;
 2. tracing (when on, and not for /health, /ready, /metrics): a SERVER span continuing
-   the incoming W3C `traceparent`, current while the app runs so SQL and Redis spans
-   are its children; its ids go back in a `traceresponse` header
+   the incoming W3C `traceparent` of a TRACE_CONTEXT_TRUSTED_CALLERS caller (anyone
+   else's starts a new trace, linked to the claimed one), current while the app runs so
+   SQL and Redis spans are its children; its ids go back in a `traceresponse` header
    (W3C Trace Context Level 2) and into the logs;
 3. metrics: `http_server_active_requests` while it runs, then
    `http_server_request_duration_seconds` labelled with the route *template*;
@@ -167,10 +168,14 @@ class TelemetryMiddleware:
             suppressed = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, _ROOT_CONTEXT)
             exchange.context_token = otel_context.attach(suppressed)
             return
-        parent = tracing.propagator.extract(carrier, _ROOT_CONTEXT) if carrier else _ROOT_CONTEXT
+        client = scope.get("client")
+        parent, links = tracing.parent_of(carrier, client[0] if client else None)
         method = exchange.method
         span = tracing.tracer.start_span(
-            "HTTP" if method == "_OTHER" else method, context=parent, kind=trace.SpanKind.SERVER
+            "HTTP" if method == "_OTHER" else method,
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            links=links,
         )
         exchange.span = span
         exchange.context_token = otel_context.attach(trace.set_span_in_context(span, parent))

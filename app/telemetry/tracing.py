@@ -7,7 +7,9 @@ two project defaults (docs/observability.md):
 
 - sampler: parent-based trace-id ratio at DEFAULT_SAMPLE_RATIO when
   OTEL_TRACES_SAMPLER is unset (OTEL_TRACES_SAMPLER_ARG still sets the ratio). An
-  incoming `traceparent` decides for its trace; our own roots are sampled at 10%.
+  incoming `traceparent` from a TRACE_CONTEXT_TRUSTED_CALLERS caller decides for its
+  trace; anyone else's request is a new root (`Tracing.parent_of`); our own roots are
+  sampled at 10%.
   Creating spans is where tracing costs throughput, so this is the knob that keeps
   the service fast; set OTEL_TRACES_SAMPLER=parentbased_always_on for demos.
 - exporter: OTLP over HTTP/protobuf (`OTEL_EXPORTER_OTLP_ENDPOINT`, default
@@ -38,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
@@ -54,6 +57,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
+from app.proxy_trust import Network, is_trusted, trusted_networks
 from app.settings import Settings
 from app.telemetry.logging import RateLimitedLog
 from app.telemetry.metrics import DEPENDENCY_ERRORS, count
@@ -66,6 +70,9 @@ DEFAULT_SAMPLE_RATIO = 0.1
 FLUSH_SHARE_OF_LIFESPAN_SHUTDOWN = 2 / 3
 # Probes and scrapes: frequent, uninteresting, and they would crowd out real traces.
 EXCLUDED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+_ROOT_CONTEXT = Context()  # a server span never inherits ambient context
+# On the link from a new root to the trace context an untrusted caller sent.
+UNTRUSTED_LINK_ATTRIBUTES = {"parity.trace_context": "untrusted_caller"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,27 @@ class Tracing:
     # The propagator's headers as raw ASGI header names (b"traceparent", ...).
     header_names: frozenset[bytes]
     exporter: _ReportingExporter | None = None
+    # TRACE_CONTEXT_TRUSTED_CALLERS: () trusts no caller, None every caller.
+    trusted_callers: tuple[Network, ...] | None = ()
+
+    def parent_of(
+        self, carrier: dict[str, str] | None, client: str | None
+    ) -> tuple[Context, list[trace.Link] | None]:
+        """The context a server span starts in, and its links.
+
+        A trusted caller's trace context is continued, its sampled flag included. Anyone
+        else's is only linked: the span is a new root, so the sampler decides on a
+        trace id of ours. Keeping the caller's trace id would not do, as the ratio
+        sampler decides on the trace id alone and the caller could pick one it keeps."""
+        if not carrier:
+            return _ROOT_CONTEXT, None
+        inbound = self.propagator.extract(carrier, _ROOT_CONTEXT)
+        if is_trusted(client, self.trusted_callers):
+            return inbound, None
+        claimed = trace.get_current_span(inbound).get_span_context()
+        if not claimed.is_valid:
+            return _ROOT_CONTEXT, None
+        return _ROOT_CONTEXT, [trace.Link(claimed, UNTRUSTED_LINK_ATTRIBUTES)]
 
     def instrument_engine(self, engine: AsyncEngine) -> None:
         """SQL spans for statements sent through `engine` (and no other engine)."""
@@ -166,6 +194,7 @@ def _start(settings: Settings) -> Tracing:
         propagator=propagator,
         header_names=frozenset(field.lower().encode("latin-1") for field in propagator.fields),
         exporter=exporter,
+        trusted_callers=trusted_networks(settings.TRACE_CONTEXT_TRUSTED_CALLERS),
     )
 
 
