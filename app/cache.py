@@ -8,30 +8,56 @@ A reader misses, reads the old row from Postgres, a writer commits and deletes t
 then the reader stores the old row, and the cache serves stale data until the TTL runs
 out. Here the reader notes the key's version before it reads Postgres and stores only if
 the version is unchanged (one Lua call); a writer bumps the version after its commit.
+
+The cache shares Redis with the rate limiter, whose keys must never be evicted to make
+room for cache entries (issue 18): a client whose quota state is evicted starts afresh.
+Redis evicts per instance, whatever the database, so the cache bounds itself instead
+(`MemoryBudget`): it stops storing while Redis's used_memory is above
+CACHE_REDIS_MEMORY_SHARE of maxmemory, and Redis runs `noeviction` (compose.yaml), so
+what is over maxmemory is refused with an OOM error, never silently evicted. A store
+Redis refuses is a miss for the next reader, never an error (docs/rate-limiting.md).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from app.breaker import CircuitBreaker, CircuitOpen
 from app.deadline import LagTolerantDeadline, lag_tolerant_deadline
 from app.settings import Settings
 from app.telemetry.logging import RateLimitedLog
-from app.telemetry.metrics import DEPENDENCY_ERRORS, count
+from app.telemetry.metrics import CACHE_STORES_SKIPPED, DEPENDENCY_ERRORS, count
 
 logger = logging.getLogger(__name__)
 
 # A version key outlives any reader by far (a Postgres read is bounded by the statement
 # timeout), so an expired version can never let a stale value in.
 VERSION_TTL_SECONDS = 86_400
+# How often each worker reads Redis's memory use (one INFO call) at least; it also
+# reads it after storing 1% of maxmemory (MemoryBudget).
+MEMORY_CHECK_INTERVAL_SECONDS = 1.0
+# maxmemory-policy values under which Redis may evict the limiter's keys: every allkeys-*
+# policy, and every volatile-* one too (the limiter's keys have TTLs).
+EVICTING_POLICIES = frozenset(
+    {
+        "allkeys-lru",
+        "allkeys-lfu",
+        "allkeys-random",
+        "volatile-lru",
+        "volatile-lfu",
+        "volatile-random",
+        "volatile-ttl",
+    }
+)
 
 # KEYS[1] value key, KEYS[2] version key; ARGV[1] version seen, ARGV[2] value, ARGV[3] TTL.
 _STORE_IF_VERSION_UNCHANGED = """
@@ -74,6 +100,60 @@ async def ping(redis: Redis) -> None:
     await redis.ping()
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Redis answered, but refused a write: it is at maxmemory under `noeviction`."""
+    return isinstance(exc, OutOfMemoryError)
+
+
+class MemoryBudget:
+    """Whether the cache may store: Redis's used_memory is below `share` of its
+    maxmemory. Each worker reads it (one INFO call) when its last reading is a second
+    old, or when it has stored 1% of maxmemory since: how far the cache can overshoot
+    its share is that, per worker, however fast it stores. The store that finds the
+    reading due makes it; concurrent ones go by the last. Redis without maxmemory (0,
+    its own default) means no bound here."""
+
+    def __init__(self, redis: Redis, share: float) -> None:
+        self._redis = redis
+        self._share = share
+        self._checked_at = -MEMORY_CHECK_INTERVAL_SECONDS
+        self._stored_since_check = 0
+        self._recheck_after_bytes = sys.maxsize
+        self._allows = True
+        self._warned_policy = False
+
+    async def allows_store(self, size: int) -> bool:
+        if self._share >= 1.0:
+            return True  # bounded by maxmemory alone
+        now = time.monotonic()
+        if (
+            now - self._checked_at >= MEMORY_CHECK_INTERVAL_SECONDS
+            or self._stored_since_check >= self._recheck_after_bytes
+        ):
+            self._checked_at, self._stored_since_check = now, 0
+            await self._read_memory()
+        if self._allows:
+            self._stored_since_check += size
+        return self._allows
+
+    async def _read_memory(self) -> None:
+        memory = await self._redis.info("memory")
+        limit = int(memory.get("maxmemory", 0))
+        self._allows = not limit or int(memory["used_memory"]) < self._share * limit
+        self._recheck_after_bytes = max(limit // 100, 1) if limit else sys.maxsize
+        self._warn_if_limiter_keys_are_evictable(str(memory.get("maxmemory_policy", "")))
+
+    def _warn_if_limiter_keys_are_evictable(self, policy: str) -> None:
+        if policy in EVICTING_POLICIES and not self._warned_policy:
+            self._warned_policy = True
+            logger.warning(
+                "Redis runs maxmemory-policy %s: at maxmemory it may evict the rate "
+                "limiter's keys (clients then start a fresh quota); run it with "
+                "noeviction (docs/rate-limiting.md#redis-memory)",
+                policy,
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class Lookup:
     value: bytes | None
@@ -93,8 +173,10 @@ class VersionedCache:
         timeout: float,
         max_timeout: float,
         breaker: CircuitBreaker | None = None,
+        memory_share: float = 1.0,
     ) -> None:
         self._redis = redis
+        self._budget = MemoryBudget(redis, memory_share)
         # Every call: `timeout` on a responsive loop, `max_timeout` at most while it lags.
         self._timeout = timeout
         self._max_timeout = max_timeout
@@ -132,15 +214,26 @@ class VersionedCache:
         return Lookup(cast(bytes | None, value), cast(bytes, version).decode() if version else "0")
 
     async def store(self, entry_id: object, value: bytes, seen_version: str) -> bool:
-        """Store `value` unless the entry was invalidated since `seen_version` was read."""
+        """Store `value` unless the entry was invalidated since `seen_version` was read,
+        or Redis has no room for it (over the cache's memory share, or refusing writes)."""
         if not self._breaker.allow():
             return False
         try:
             async with self._deadline():
+                # The key and Redis's own overhead per key (~100 bytes) count too.
+                if not await self._budget.allows_store(len(value) + 128):
+                    count(CACHE_STORES_SKIPPED, self._namespace, "over_memory_share")
+                    return False
                 stored = await self._store(
                     keys=self._keys(entry_id), args=[seen_version, value, self._ttl]
                 )
         except _FAILURES as exc:
+            if is_out_of_memory(exc):
+                # Redis is up and answering: not a failure for the breaker, which the
+                # rate limiter shares. The entry is simply not cached.
+                self._breaker.record_success()
+                count(CACHE_STORES_SKIPPED, self._namespace, "redis_out_of_memory")
+                return False
             self._breaker.record_failure()
             count(DEPENDENCY_ERRORS, "redis", "cache_store")
             self._errors.warning("cache store failed: %r", exc)
@@ -151,8 +244,10 @@ class VersionedCache:
     async def invalidate(self, *entry_ids: object) -> None:
         """Call after the change is committed. On failure the entry stays until its TTL."""
         pipe = self._redis.pipeline(transaction=True)
+        value_keys = []
         for entry_id in entry_ids:
             value_key, version_key = self._keys(entry_id)
+            value_keys.append(value_key)
             pipe.incr(version_key)
             pipe.expire(version_key, VERSION_TTL_SECONDS)
             pipe.delete(value_key)
@@ -160,6 +255,8 @@ class VersionedCache:
             async with self._deadline():
                 await pipe.execute()
         except _FAILURES as exc:
+            if is_out_of_memory(exc) and await self._delete_values(value_keys):
+                return
             self._breaker.record_failure()
             count(DEPENDENCY_ERRORS, "redis", "cache_invalidate")
             self._errors.warning(
@@ -167,3 +264,17 @@ class VersionedCache:
             )
             return
         self._breaker.record_success()
+
+    async def _delete_values(self, value_keys: list[str]) -> bool:
+        """After Redis refused an invalidation for lack of memory (it aborts the whole
+        transaction): DEL, which Redis runs even then, so the old value is served no
+        more. The version is not bumped, so a reader that read the row before the
+        commit may still store it if Redis has room again by then: stale for at most
+        the TTL, as after any failed invalidation."""
+        try:
+            async with self._deadline():
+                await self._redis.delete(*value_keys)
+        except _FAILURES:
+            return False
+        self._breaker.record_success()
+        return True

@@ -72,6 +72,7 @@ async def open_resources(
         timeout=settings.REDIS_TIMEOUT_SECONDS,
         max_timeout=settings.redis_call_max_seconds,
         breaker=breaker,
+        memory_share=settings.CACHE_REDIS_MEMORY_SHARE,
     )
     sessionmaker = db.create_sessionmaker(engine)
     pipeline = AutoPipeline(redis)

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     REDIS_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=10)] = 0.25
     REDIS_MAX_CONNECTIONS: int = Field(64, ge=1, le=10_000)
     CACHE_TTL_SECONDS: int = Field(60, ge=1, le=86_400)
+    # The cache stores nothing while Redis's used_memory is above this share of its
+    # maxmemory: the rest is the rate limiter's, whose keys must never be evicted for
+    # cache entries (Redis runs noeviction; docs/rate-limiting.md#redis-memory). 1.0: no
+    # bound of the cache's own. Redis without maxmemory: no bound either.
+    CACHE_REDIS_MEMORY_SHARE: Annotated[float, Field(gt=0, le=1)] = 0.5
     # Circuit breaker shared by the cache and the rate limiter (app/breaker.py): after
     # this many Redis failures in a row, skip Redis for this long, then try one call.
     REDIS_BREAKER_FAILURES: int = Field(3, ge=1, le=1000)

@@ -177,8 +177,10 @@ def test_one_product_read_is_one_trace_with_server_sql_and_redis_spans(
     assert any("SELECT" in _statement(span) for span in sql)
     redis_commands = sorted(span.name for span in children if _db_system(span) == "redis")
     # The rate limiter's script (a sampled request's goes through the traced client,
-    # not the untraced pipeline), the cache lookup, the cache store after the miss.
-    assert redis_commands == ["EVALSHA", "EVALSHA", "MGET"]
+    # not the untraced pipeline), the cache lookup, the cache store after the miss, and
+    # the worker's first look at Redis's memory before storing (app/cache.py: then at
+    # most once a second).
+    assert redis_commands == ["EVALSHA", "EVALSHA", "INFO", "MGET"]
 
 
 def test_incoming_traceparent_is_continued_and_returned_in_traceresponse(

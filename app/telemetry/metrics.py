@@ -101,6 +101,15 @@ CACHE_LOOKUPS = Counter(
     ["cache", "result"],
 )
 
+# Cache entries not stored for lack of room in Redis (app/cache.py): reason is
+# "over_memory_share" (Redis above CACHE_REDIS_MEMORY_SHARE of maxmemory: the cache
+# leaves the rest to the rate limiter) or "redis_out_of_memory" (Redis refused the write).
+CACHE_STORES_SKIPPED = Counter(
+    "cache_stores_skipped_total",
+    "Cache stores skipped because Redis had no room for them, by cache and reason.",
+    ["cache", "reason"],
+)
+
 # Failed calls to a dependency that the service survived (fallback, fail-open, ...).
 DEPENDENCY_ERRORS = Counter(
     "dependency_errors_total",
