@@ -112,12 +112,19 @@ def child_exit(server, worker):  # master, after a worker exited (any reason)
     if _metrics_dir is not None:
         from prometheus_client import multiprocess
 
+        from app.telemetry.metric_files import compact_dead_workers
         from app.telemetry.metrics import WORKERS_EXITED
 
         WORKERS_EXITED.inc()
         # Drop the dead worker's live gauges (in-flight requests, pool connections);
-        # its counters and histograms stay and keep the totals exact.
+        # its counters and histograms keep the totals exact, summed into one archive
+        # file per type, so files and scrape time stay bounded however many workers
+        # recycle (app/telemetry/metric_files.py).
         multiprocess.mark_process_dead(worker.pid)
+        try:
+            compact_dead_workers(_metrics_dir.path, [os.getpid(), *server.WORKERS])
+        except Exception:  # never the master's reaping loop: the files just stay
+            server.log.exception("could not compact the metric files of dead workers")
 
 
 def on_exit(server):  # master, last thing before it exits

@@ -1,13 +1,15 @@
 """`GET /metrics`: the Prometheus text exposition.
 
 Under Gunicorn whichever worker answers the scrape reads every worker's files (the
-live ones and the counters of dead ones) and adds them up, so successive scrapes agree
-and a recycled worker's counts are not lost. Without a multiprocess directory (the app
-in an in-process test, a plain `uvicorn app.main:app`) it serves the default registry.
+live ones, and the archives the dead ones' counters were compacted into) and adds them
+up, so successive scrapes agree and a recycled worker's counts are not lost. Without a
+multiprocess directory (the app in an in-process test, a plain `uvicorn app.main:app`)
+it serves the default registry.
 """
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 from fastapi import APIRouter, Response
@@ -17,9 +19,9 @@ from prometheus_client import (
     CollectorRegistry,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
 
-from app.telemetry.multiprocess import is_multiprocess
+from app.telemetry.metric_files import LockedMultiProcessCollector
+from app.telemetry.multiprocess import ENV_VAR, is_multiprocess
 
 router = APIRouter(tags=["telemetry"])
 
@@ -28,9 +30,10 @@ router = APIRouter(tags=["telemetry"])
 def _multiprocess_registry() -> CollectorRegistry:
     # A registry of its own: registering the collector on the default registry would
     # export this worker's in-memory values a second time. It reads the files anew on
-    # every collect, so one instance serves every scrape.
+    # every collect, so one instance serves every scrape; under a lock the master's
+    # compaction of dead workers' files respects (app/telemetry/metric_files.py).
     registry = CollectorRegistry(auto_describe=False)
-    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    LockedMultiProcessCollector(registry, os.environ[ENV_VAR])
     return registry
 
 

@@ -40,6 +40,9 @@ _OWNER_VAR = "PARITY_PROMETHEUS_MULTIPROC_OWNER"
 _CREATED_VAR = "PARITY_PROMETHEUS_MULTIPROC_CREATED"
 _SHM = Path("/dev/shm")  # noqa: S108 (tmpfs)
 LOCK_NAME = ".lock"
+# Shared by scrapes, exclusive while the master compacts dead workers' files
+# (app/telemetry/metric_files.py).
+COMPACTION_LOCK_NAME = ".compaction.lock"
 
 
 class MultiprocessDirectoryError(RuntimeError):
@@ -59,6 +62,7 @@ class MultiprocessDirectory:
         else:
             _remove_db_files(self.path)
             (self.path / LOCK_NAME).unlink(missing_ok=True)
+            (self.path / COMPACTION_LOCK_NAME).unlink(missing_ok=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
