@@ -10,7 +10,8 @@ The guarantee is exact: in any interval of `window` seconds at most `quota` requ
 of one client are allowed, and a client that sends more than `quota` requests within
 one window gets exactly `quota` of them through, whichever workers answered. Refused
 requests are not recorded, so hammering does not extend a lock-out. Why not GCRA or a
-fixed window: docs/rate-limiting.md.
+fixed window: docs/rate-limiting.md. Who "one client" is: app/client_identity.py (an
+API key this service issued, else the address).
 
     RateLimitMiddleware   pure ASGI; answers 429 (or 503 when failing closed) itself
      ├── acquire()        one EVALSHA of SLIDING_WINDOW_LOG -> Decision, within a
@@ -23,7 +24,6 @@ fixed window: docs/rate-limiting.md.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import math
 from collections.abc import Sequence
@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.autopipeline import AutoPipeline
 from app.breaker import CircuitOpen
+from app.client_identity import ClientIdentifier
 from app.deadline import lag_tolerant_deadline
 from app.deps import Resources
 from app.errors import problem_response
@@ -111,31 +112,6 @@ async def acquire(
     return Decision(bool(allowed), remaining, math.ceil(wait_ms / 1000))
 
 
-def client_identity(scope: Scope, key_header: bytes | None) -> str:
-    """`key:<sha256>` for a client that sends the key header, else `ip:<address>`.
-
-    The key itself is never stored or logged, only its hash. The address is
-    `scope["client"]`, which Uvicorn rewrites from X-Forwarded-For only when the peer
-    is one of FORWARDED_ALLOW_IPS. IPv6 clients are grouped by /64: one host usually
-    gets a whole /64 and could otherwise rotate through it.
-    """
-    if key_header is not None:
-        for name, value in scope["headers"]:
-            if name == key_header and value:
-                return "key:" + hashlib.sha256(value).hexdigest()[:32]
-    client = scope.get("client")
-    host = client[0] if client else "unknown"
-    if ":" in host:
-        try:
-            address = ipaddress.IPv6Address(host)
-        except ValueError:
-            return "ip:" + host
-        if address.ipv4_mapped is not None:
-            return f"ip:{address.ipv4_mapped}"
-        return f"ip:{ipaddress.IPv6Network((address, 64), strict=False)}"
-    return "ip:" + host
-
-
 def policy_header(policy: RateLimitPolicy) -> bytes:
     return f'"{policy.name}";q={policy.quota};w={policy.window_seconds}'.encode()
 
@@ -156,8 +132,7 @@ class RateLimitMiddleware:
         self.policies: Sequence[RateLimitPolicy] = settings.rate_limit_policies
         self.policy_headers = {p.name: policy_header(p) for p in self.policies}
         self.exempt_paths = settings.rate_limit_exempt_paths
-        key_header = settings.RATE_LIMIT_KEY_HEADER.lower().encode("latin-1")
-        self.key_header = key_header or None
+        self.clients = ClientIdentifier(settings)
         self.key_prefix = settings.REDIS_KEY_PREFIX + "ratelimit:"
         self.timeout = settings.REDIS_TIMEOUT_SECONDS
         self.max_timeout = settings.redis_call_max_seconds
@@ -170,7 +145,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         policy = next(p for p in self.policies if p.matches(scope["method"], scope["path"]))
-        key = f"{self.key_prefix}{policy.name}:{client_identity(scope, self.key_header)}"
+        key = f"{self.key_prefix}{policy.name}:{self.clients.identify(scope)}"
         resources = _resources(scope)
         breaker = resources.redis_breaker
         if not breaker.allow():  # Redis failed repeatedly: do not wait on it again yet

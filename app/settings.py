@@ -24,9 +24,11 @@ from app.proxy_trust import trusted_networks
 PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
 
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 # Values of these variables are never echoed back in an error message or a repr.
-SECRET_FIELDS = frozenset({"DATABASE_URL", "REDIS_URL"})
+# (RATE_LIMIT_API_KEY_HASHES: hashes are no secret, but a key pasted in their place is.)
+SECRET_FIELDS = frozenset({"DATABASE_URL", "REDIS_URL", "RATE_LIMIT_API_KEY_HASHES"})
 
 # After the drain timeout cuts requests off, how long they get to send their 503 before
 # the lifespan shutdown starts (app/lifecycle.py). Part of the shutdown budget.
@@ -92,13 +94,26 @@ class Settings(BaseSettings):
     RATE_LIMIT_ROUTES: str = "writes=20/60s POST,PUT,PATCH,DELETE /api/ fail=closed"
     # Exact paths never limited (probes and scrapes must not be throttled).
     RATE_LIMIT_EXEMPT_PATHS: str = "/health,/ready,/metrics"
-    # A client sending this header is limited by (a hash of) its value, others by their
-    # address as seen through FORWARDED_ALLOW_IPS. Empty: always by address.
+    # A client sending this header with a key listed in RATE_LIMIT_API_KEY_HASHES is
+    # limited by that key, others by their address as seen through FORWARDED_ALLOW_IPS
+    # (app/client_identity.py). Empty: always by address.
     RATE_LIMIT_KEY_HEADER: str = Field("X-API-Key", pattern=r"^[A-Za-z0-9-]*$", max_length=64)
+    # The issued API keys, as comma-separated SHA-256 hex digests (`python -m
+    # app.client_identity` issues one). A key not listed is ignored: were any key an
+    # identity, a client would get a fresh quota per made-up key (issue 18). Empty: no
+    # key is verified, every client is its address.
+    RATE_LIMIT_API_KEY_HASHES: str = Field("", repr=False)
     # Redis unavailable or slower than REDIS_TIMEOUT_SECONDS, for policies without a
     # fail= of their own: true (fail open) decides in the worker, each worker admitting
     # quota ÷ workers of a client per window (never unlimited); false answers 503.
     RATE_LIMIT_FAIL_OPEN: bool = True
+
+    # --- Orders --------------------------------------------------------------------
+    # An Idempotency-Key belongs to the client that sent it (its identity, as the rate
+    # limiter's) for this long: a retry within it replays the order, the same key
+    # after it places a new one (the IETF Idempotency-Key draft's expiry; no cleanup
+    # job: an expired key is released when it is reused, app/orders/service.py).
+    IDEMPOTENCY_KEY_TTL_HOURS: int = Field(24, ge=1, le=24 * 365)
 
     # --- Health --------------------------------------------------------------------
     READY_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=30)] = 1.0
@@ -273,6 +288,21 @@ class Settings(BaseSettings):
     def _route_policies_parse(cls, value: str) -> str:
         parse_route_policies(value)
         return value
+
+    @field_validator("RATE_LIMIT_API_KEY_HASHES")
+    @classmethod
+    def _key_hashes_are_sha256_digests(cls, value: str) -> str:
+        for digest in _split(value, ","):
+            if not _SHA256_HEX.fullmatch(digest):
+                raise ValueError(
+                    "must be SHA-256 hex digests (64 characters 0-9a-f), comma-separated; "
+                    "`python -m app.client_identity` prints a key and its digest"
+                )
+        return value
+
+    @property
+    def rate_limit_api_key_hashes(self) -> frozenset[str]:
+        return frozenset(digest.lower() for digest in _split(self.RATE_LIMIT_API_KEY_HASHES, ","))
 
     @field_validator("RATE_LIMIT_EXEMPT_PATHS")
     @classmethod

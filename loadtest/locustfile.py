@@ -18,10 +18,16 @@ class, `BrowseUser`) runs one of them:
 - mixed (MixedUser): a weighted blend of browsing and buying with think time.
 
 The rate limiter counts per client, so every simulated user is a client of its own: it
-sends its own API key (`--identity-header`, the limiter's `RATE_LIMIT_KEY_HEADER`).
-`--identity request` makes every request a new client instead (capacity tests: the
-limiter does all its work and never limits); `--identity none` sends no key, so all users
-are one client (the generator's address). Burst users always keep one identity each.
+sends an address of its own as `X-Forwarded-For` (198.18.0.0/15, no real client), which
+a server believes from a trusted proxy (FORWARDED_ALLOW_IPS: loopback natively, so a
+generator on the same host is one). `--identity request` makes every request a new
+client instead (capacity tests: the limiter does all its work and never limits);
+`--identity none` sends nothing, so all users are one client (the generator's address).
+Burst users always keep one identity each. Where the generator is no trusted proxy
+(behind compose's lb, which replaces X-Forwarded-For), send API keys the server issued
+instead: `--identity-header X-API-Key --api-keys FILE` (one key a line, handed out in
+turn; `python -m app.client_identity N` issues them, docs/loadtest.md). A made-up key is
+no identity: the server counts its requests against the address.
 With the default think time every scenario stays below the default quotas (100/min,
 20 writes/min): buyers pause six times as long as browsers.
 
@@ -46,7 +52,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gevent
 from locust import FastHttpUser, LoadTestShape, constant, events, tag, task
@@ -68,6 +74,7 @@ PRODUCT = PRODUCTS + "/{product_id}"
 ORDER = ORDERS + "/{order_id}"
 SCENARIOS = ("browse", "buy", "burst", "mixed")
 RATE_LIMIT_HEADERS = ("retry-after", "ratelimit", "ratelimit-policy")
+FORWARDED_FOR = "X-Forwarded-For"
 
 
 # --- command line ------------------------------------------------------------------
@@ -155,8 +162,15 @@ def add_arguments(parser: Any) -> None:
     option(
         "--identity-header",
         web_ui=False,
-        default="X-API-Key",
-        help="header carrying the identity (the API's RATE_LIMIT_KEY_HEADER; default X-API-Key)",
+        default=FORWARDED_FOR,
+        help="header carrying the identity: X-Forwarded-For (default: an address per "
+        "identity) or the API's RATE_LIMIT_KEY_HEADER with --api-keys",
+    )
+    option(
+        "--api-keys",
+        web_ui=False,
+        default="",
+        help="file of API keys the target issued, one a line, for a key --identity-header",
     )
     option(
         "--prometheus-port",
@@ -185,6 +199,7 @@ def check_options(environment: Environment, **_: Any) -> None:
         )
     if options.retry_ratio > 1:
         raise SystemExit(f"--retry-ratio={options.retry_ratio} must be between 0 and 1")
+    Identities.load(options)
     if options.headless and options.host:
         _check_target(options.host)
     _keep_user_classes_with_tasks(environment)
@@ -228,6 +243,50 @@ def _keep_user_classes_with_tasks(environment: Environment) -> None:
 # --- the scenarios ------------------------------------------------------------------
 
 
+class Identities:
+    """What the identity header carries: addresses for X-Forwarded-For, else issued keys
+    (read once, by `check_options`).
+
+    Addresses are synthetic (198.18.0.0/15, RFC 2544: no real client): burst users in
+    198.19.0.0/16, the others in 198.18.0.0/16, from an offset random per run. A burst
+    user spends its quota; a run started right after (the same server, the same window)
+    must not find its users' quotas spent (a demo after the scenario run did: 2 failed).
+    """
+
+    api_keys: ClassVar[list[str]] = []
+    offset = random.randrange(65536)
+
+    @classmethod
+    def load(cls, options: Any) -> None:
+        header = options.identity_header
+        if options.identity == "none" or not header or header.lower() == FORWARDED_FOR.lower():
+            return
+        if not options.api_keys:
+            raise SystemExit(
+                f"--identity-header {header} needs --api-keys FILE: keys the target issued "
+                "(a made-up key is no identity: the server counts it as the address)"
+            )
+        try:
+            lines = Path(options.api_keys).read_text().split()
+        except OSError as exc:
+            raise SystemExit(f"--api-keys {options.api_keys}: {exc.strerror}") from None
+        # `python -m app.client_identity N` prints `KEY HASH` lines: keep the keys.
+        cls.api_keys = [word for word in lines if len(word) != 64 or not _is_hex(word)]
+        if not cls.api_keys:
+            raise SystemExit(f"--api-keys {options.api_keys} holds no key")
+
+    @classmethod
+    def value(cls, header: str, number: int, *, burst: bool = False) -> str:
+        if header.lower() == FORWARDED_FOR.lower():
+            n = (cls.offset + number) % 65536
+            return f"198.{19 if burst else 18}.{n // 256}.{n % 256}"
+        return cls.api_keys[number % len(cls.api_keys)]
+
+
+def _is_hex(word: str) -> bool:
+    return all(c in "0123456789abcdef" for c in word.lower())
+
+
 def _think(user: ParityUser) -> float:
     options = user.environment.parsed_options
     mean = (options.think_time if options else 1.0) * user.think_factor
@@ -248,8 +307,10 @@ class ParityUser(FastHttpUser):
         ParityUser._next_index += 1
         options = environment.parsed_options
         self.identity_mode = options.identity if options else "user"
-        self.identity_header = options.identity_header if options else "X-API-Key"
-        self.identity = f"loadtest-{self.scenario}-{ParityUser._next_index}"
+        self.identity_header = options.identity_header if options else FORWARDED_FOR
+        self.identity = Identities.value(
+            self.identity_header, ParityUser._next_index, burst=self.scenario == "burst"
+        )
         self.product_count = options.product_count if options else 10_000
         self.hot_products = options.hot_products if options else 20
         self.retry_ratio = options.retry_ratio if options else 0.2
@@ -264,7 +325,7 @@ class ParityUser(FastHttpUser):
             return extra
         identity = self.identity
         if self.identity_mode == "request" and self.scenario != "burst":
-            identity = f"loadtest-{random.getrandbits(64):016x}"
+            identity = Identities.value(self.identity_header, random.getrandbits(32))
         return {self.identity_header: identity, **extra}
 
     # -- browse ---------------------------------------------------------------------

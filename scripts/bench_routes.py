@@ -67,7 +67,7 @@ from scripts.stack import (
 HOT_IDS = 100
 LOADS = {"saturated": (2, 64), "light": (1, 4)}  # name -> (wrk threads, connections)
 
-# Shared by every route: thread ids, a fresh API key per request, and a JSON report
+# Shared by every route: thread ids, a fresh client address per request, and a JSON report
 # (with the X-Cache MISS count) written by done() for scripts.bench_rate_limit.wrk.
 LUA_COMMON = """
 local threads = {}
@@ -80,6 +80,21 @@ misses = 0
 function identity()
   counter = counter + 1
   return "bench-" .. run .. "-" .. id .. "-" .. counter
+end
+-- A client of its own per request: an address (198.18.0.0/15, no real client) as
+-- X-Forwarded-For, which the server believes from loopback (FORWARDED_ALLOW_IPS). A
+-- made-up API key is no identity (only issued keys are). Each thread walks its own
+-- block of the /15 from an offset random per wrk run (`run`), so neither threads nor
+-- the runs of one window (rounds, loads) keep hitting the same few addresses.
+local offset = tonumber(string.sub(run, 1, 5), 16) % 131072
+function address()
+  local n = (offset + (id - 1) * math.floor(131072 / nthreads) + counter) % 131072
+  local high, low = 18 + math.floor(n / 65536), n % 65536
+  return "198." .. high .. "." .. math.floor(low / 256) .. "." .. (low % 256)
+end
+function client()
+  identity()
+  return address()
 end
 response = function(status, headers, body)
   if headers["x-cache"] == "MISS" or headers["X-Cache"] == "MISS" then
@@ -102,20 +117,20 @@ ROUTES = {
     "cached read": """
 request = function()
   local path = "/api/v1/products/" .. math.random(1, %(hot)d)
-  return wrk.format("GET", path, {["X-API-Key"] = identity()})
+  return wrk.format("GET", path, {["X-Forwarded-For"] = client()})
 end
 """,
     "uncached read": """
 request = function()
   local product = ((counter * nthreads + id + %(offset)d) %% %(products)d) + 1
-  return wrk.format("GET", "/api/v1/products/" .. product, {["X-API-Key"] = identity()})
+  return wrk.format("GET", "/api/v1/products/" .. product, {["X-Forwarded-For"] = client()})
 end
 """,
     "list page": """
 local cursors = {%(cursors)s}
 request = function()
   local path = "/api/v1/products?limit=20&cursor=" .. cursors[math.random(#cursors)]
-  return wrk.format("GET", path, {["X-API-Key"] = identity()})
+  return wrk.format("GET", path, {["X-Forwarded-For"] = client()})
 end
 """,
     "order": """
@@ -124,7 +139,8 @@ request = function()
   local product = math.random(%(first_cold)d, %(products)d)
   local body = '{"items": [{"product_id": ' .. product .. ', "quantity": 1}]}'
   return wrk.format("POST", "/api/v1/orders", {
-    ["X-API-Key"] = key, ["Idempotency-Key"] = key, ["Content-Type"] = "application/json"
+    ["X-Forwarded-For"] = address(), ["Idempotency-Key"] = key,
+    ["Content-Type"] = "application/json"
   }, body)
 end
 """,
@@ -225,8 +241,8 @@ def target(args: argparse.Namespace) -> Iterator[Target]:
 def warm_hot_products(base_url: str) -> None:
     with httpx.Client(base_url=base_url, timeout=10) as client:
         for product_id in range(1, HOT_IDS + 1):
-            # a key of its own, like every benchmark request: never rate limited
-            key = {"X-API-Key": f"bench-warm-{uuid.uuid4().hex}"}
+            # a client of its own, like every benchmark request: never rate limited
+            key = {"X-Forwarded-For": f"198.19.255.{product_id % 256}"}
             response = client.get(f"/api/v1/products/{product_id}", headers=key)
             if response.status_code != 200:
                 raise StackError(f"warming product {product_id}: {response.status_code}")
@@ -348,7 +364,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/bench_routes.py", description=__doc__.split("\n\n")[0]
+        prog=".venv/bin/python scripts/bench_routes.py", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--rounds", type=positive_int, default=3, help="rounds (default 3)")
     parser.add_argument("--duration", type=positive_int, default=10,
@@ -382,7 +398,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python scripts/bench_routes.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = ".venv/bin/python scripts/bench_routes.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
     started = time.monotonic()
     try:
         result = run(args)

@@ -46,7 +46,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -58,6 +57,7 @@ if __package__ in (None, ""):  # run as `python scripts/compose_e2e.py`
 
 import httpx
 
+from app.client_identity import issue_key
 from scripts.load import SteadyLoad, default_requests
 from scripts.loadbalancer import LoadBalancer, PoolWatcher, api_replicas
 from scripts.offline_images import BuildError, KitUnavailable, engine_reachable, ensure_images
@@ -81,6 +81,7 @@ APP_UID = 10001
 STOP_GRACE_SECONDS = 40  # compose.yaml's api stop_grace_period
 LONG_RUNNING = ("postgres", "redis", "api", "prometheus", "lb")
 REPLICAS = 2  # compose.yaml's API_REPLICAS default
+RATE_LIMIT_CLIENTS = 5  # API-key clients of the rate-limit check
 # The e2e's own /24 for the project network (EDGE_NET_PREFIX), so that it can run while
 # a stack of your own holds the default one.
 EDGE_NET_PREFIX = "10.213.250"
@@ -91,12 +92,16 @@ ONE_SHOTS = ("migrate", "seed")
 MISSING_PRODUCT = 2**62  # a valid id that is never seeded: 404
 # The shutdown proof needs the slow demo route and no limiter (300 clients from one
 # address), on one replica (it signals the service's container directly); the edge
-# proofs and the chaos run keep the limiter on (its fail-open is part of the run) with a
-# quota one load generator cannot reach.
+# proofs, the worker sweep and the chaos run keep the limiter on (its fail-open is part
+# of the run) with a quota one load generator cannot reach: through the lb all of its
+# simulated users are one client (an API key the api did not issue is no identity).
 SHUTDOWN_ENV = {
     "DEMO_ENDPOINTS_ENABLED": "true",
     "RATE_LIMIT_ENABLED": "false",
     "API_REPLICAS": "1",
+    # Its 300 clients reach the one replica from the host's one address, which the
+    # replica does not trust as a proxy: above the default per-address cap (128).
+    "WORKER_CONNECTIONS_PER_ADDRESS": "1000",
 }
 # Writes get a quota out of reach and fail open like reads, as in the native chaos run:
 # the default `fail=closed` would answer them 503 while Redis is out and until the
@@ -196,6 +201,10 @@ class E2E:
         self.prometheus_port = free_port()
         self.lb_stats_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.api_port}"
+        # API keys this run issues to the api (their hashes in RATE_LIMIT_API_KEY_HASHES):
+        # the first for the request-counter check, the others one per client of the
+        # rate-limit check. Only issued keys are clients of their own (issue 18).
+        self.api_keys = [issue_key() for _ in range(1 + RATE_LIMIT_CLIENTS)]
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -230,6 +239,7 @@ class E2E:
             PROMETHEUS_PORT=str(self.prometheus_port),
             LB_STATS_PORT=str(self.lb_stats_port),
             EDGE_NET_PREFIX=EDGE_NET_PREFIX,
+            RATE_LIMIT_API_KEY_HASHES=",".join(digest for _, digest in self.api_keys),
         )
 
     # 1. the image ------------------------------------------------------------------
@@ -406,7 +416,7 @@ class E2E:
         def exact() -> str:
             before = value()
             sent = 37
-            key = {"X-API-Key": f"e2e-{uuid.uuid4().hex}"}
+            key = {"X-API-Key": self.api_keys[0][0]}
             with httpx.Client(base_url=self.base_url, headers=key, timeout=10) as client:
                 statuses = {client.get(f"/api/v1/products/{MISSING_PRODUCT}").status_code
                             for _ in range(sent)}  # fmt: skip
@@ -621,9 +631,10 @@ class E2E:
         recreate_api({})
 
         def exact() -> str:
+            keys = [arg for key, _ in self.api_keys[1:] for arg in ("--api-key", key)]
             code, data = self.script(
-                ["scripts/verify_rate_limit.py", "--compose", "--identities", "5"], timeout=180
-            )
+                ["scripts/verify_rate_limit.py", "--compose", "--identities",
+                 str(RATE_LIMIT_CLIENTS), *keys], timeout=180)  # fmt: skip
             if code != 0:
                 raise CheckFailed("; ".join(data.get("deviations", [])) or f"exit {code}")
             policy = data["policy"]
@@ -634,7 +645,10 @@ class E2E:
                 f"the api saw clients as {self.seen_clients()}"
             )
 
-        self.check(f"rate limit exact: {REPLICAS} replicas x 2 workers, 5 clients", exact)
+        self.check(
+            f"rate limit exact: {REPLICAS} replicas x 2 workers, {RATE_LIMIT_CLIENTS} clients",
+            exact,
+        )
 
     def seen_clients(self) -> str:
         """The client addresses the api's access log recorded (docker-proxy's, here)."""
@@ -647,7 +661,8 @@ class E2E:
             out = self.results / "tune"
             code, data = self.script(
                 ["scripts/tune_workers.py", "--compose", "--workers", "1,2", "--duration",
-                 "8", "--warmup", "2", "--users", "8", "--out", str(out)], timeout=300)  # fmt: skip
+                 "8", "--warmup", "2", "--users", "8", "--out", str(out)], timeout=300,
+                env=CHAOS_ENV)  # fmt: skip
             if code != 0:
                 raise CheckFailed(f"exit {code}")
             points = data["points"]
@@ -763,7 +778,7 @@ def print_summary(report: Report) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/compose_e2e.py",
+        prog=".venv/bin/python scripts/compose_e2e.py",
         description=__doc__.split("\n\n")[0],
         epilog="Exit status: 0 passed, 1 a check failed, 3 NOT RUN (no Docker engine).",
     )

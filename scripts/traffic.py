@@ -107,9 +107,17 @@ class Requests:
         return "PATCH", PRODUCT, f"{PRODUCTS}/{product}", {"json": {}}
 
 
-# Each simulated client sends its own API key, so the rate limiter sees several
-# clients (as in production) instead of one address that exhausts its quota at once.
-IDENTITY_HEADER = "X-API-Key"
+# Each simulated client is an address of its own (198.18.0.0/15, RFC 2544: no real
+# client), sent as X-Forwarded-For, so the rate limiter sees several clients (as in
+# production) instead of one address that exhausts its quota at once. A natively run
+# server believes it from loopback (FORWARDED_ALLOW_IPS); behind compose's lb, which
+# replaces the header, all of them are the lb's one client. (A made-up API key is no
+# identity: only issued keys are, issue 18.)
+IDENTITY_HEADER = "X-Forwarded-For"
+
+
+def client_address(number: int) -> str:
+    return f"198.18.{number // 256 % 256}.{number % 256}"
 
 
 async def _run_phase(
@@ -119,7 +127,7 @@ async def _run_phase(
     budget = [phase.max_requests]
 
     async def user(number: int) -> None:
-        identity = {IDENTITY_HEADER: f"traffic-client-{number}"}
+        identity = {IDENTITY_HEADER: client_address(number)}
         while time.monotonic() < deadline and budget[0] > 0:
             budget[0] -= 1
             method, route, path, kwargs = requests.next()

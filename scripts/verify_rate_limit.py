@@ -14,6 +14,14 @@ limited. With `--native` it also sees which worker process holds each connection
 (/proc), so it reports how many requests of each client every worker decided, and
 checks that a trusted proxy's `X-Forwarded-For` *is* honoured (else the spoofing check
 would prove nothing). Exit status 1 on any deviation.
+
+Each client is an API key the server issued (only a key whose hash is in the server's
+RATE_LIMIT_API_KEY_HASHES is a client of its own; any other counts against the address):
+`--native` issues its own and configures the server with their hashes. Against `--url`
+or `--compose`, pass one `--api-key` per identity, issued to that server (e.g.
+`python -m app.client_identity 4`, the hashes in its RATE_LIMIT_API_KEY_HASHES);
+without them each client is an X-Forwarded-For address, which only a server that
+trusts this host as a proxy believes (a native one: loopback is trusted).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ if __package__ in (None, ""):  # run as `python scripts/verify_rate_limit.py`
 
 import httpx
 
+from app.client_identity import issue_key
 from scripts.cli import positive_int
 from scripts.stack import (
     ComposeStack,
@@ -220,6 +229,10 @@ class IdentityReport:
     # worker pid -> {"allowed": n, "limited": n}; empty when workers are not observable
     by_worker: dict[str, dict[str, int]] = field(default_factory=dict)
     remaining_seen: list[int] = field(default_factory=list)
+    # The remaining count of its first allowed request, when the identity may have used
+    # quota before (the spoofer's address, shared with other clients of the target);
+    # None: a fresh identity, quota - 1.
+    first_remaining: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -298,11 +311,13 @@ async def drive_identity(
             report.remaining_seen.append(int(member[1].get("r", -1)))
 
     await asyncio.gather(*(one(index) for index in range(count)))
-    expected_remaining = list(range(report.expected_allowed))
-    if sorted(report.remaining_seen) != expected_remaining and not report.header_errors:
+    # Allowed answers count down from the identity's first remaining count (quota-1
+    # for a fresh one), one value each (fewer requests than the quota stop above 0).
+    top = policy.quota - 1 if report.first_remaining is None else report.first_remaining
+    lowest = top + 1 - report.expected_allowed
+    if sorted(report.remaining_seen) != list(range(lowest, top + 1)) and not report.header_errors:
         report.header_errors.append(
-            f"remaining counts {sorted(report.remaining_seen)} are not each of "
-            f"{report.expected_allowed - 1}..0 once"
+            f"remaining counts {sorted(report.remaining_seen)} are not each of {top}..{lowest} once"
         )
     report.by_worker = {pid: dict(tally) for pid, tally in sorted(report.by_worker.items())}
 
@@ -317,6 +332,8 @@ class Run:
     identities: int
     requests_per_identity: int
     connections: int
+    # One issued key per identity; none: each identity is a forwarded address instead.
+    api_keys: Sequence[str] = ()
     server: GunicornProcess | None = None
     expected_policy: Policy | None = None
     # Source address of the spoofing client: an address the server must not trust.
@@ -327,10 +344,10 @@ class Run:
 
 
 async def discover_policy(base_url: str, path: str) -> Policy:
-    """The policy the target applies to `path`, from its RateLimit-Policy field."""
+    """The policy the target applies to `path`, from its RateLimit-Policy field (one
+    request of this address's quota: the spoofing check reads what is left)."""
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
-        key = {"X-API-Key": f"verify-probe-{uuid.uuid4()}"}
-        response = await client.get(path, headers=key)
+        response = await client.get(path)
     policy = Policy.from_header(response.headers.get("ratelimit-policy"))
     if response.status_code != 200 or policy is None:
         raise StackError(
@@ -403,13 +420,16 @@ def _worker_spread(
 async def _drive_all(
     run: Run, policy: Policy, normal: list[Connection], spoofing: list[Connection]
 ) -> list[IdentityReport]:
-    run_id = uuid.uuid4().int
     requests = run.requests_per_identity
     jobs = []
     reports = []
+    addresses = forged_addresses(run.identities)
     for number in range(run.identities):
-        report = IdentityReport(f"api-key-{number + 1}", requests, min(policy.quota, requests))
-        key = {"X-API-Key": f"verify-{run_id:x}-{number}"}
+        if run.api_keys:
+            name, key = f"api-key-{number + 1}", {"X-API-Key": run.api_keys[number]}
+        else:
+            name, key = f"forwarded-{number + 1}", {"X-Forwarded-For": addresses[number]}
+        report = IdentityReport(name, requests, min(policy.quota, requests))
         jobs.append(
             drive_identity(
                 report,
@@ -433,6 +453,7 @@ async def _drive_all(
             report.expected_allowed += 1
             report.allowed += 1
             report.remaining_seen.append(left)
+            report.first_remaining = left
 
         def forge(index: int) -> dict[str, str]:
             return {"X-Forwarded-For": forged[index]}
@@ -497,9 +518,8 @@ async def _trusted_proxy_check(run: Run, policy: Policy) -> dict[str, Any]:
 
 async def _exempt_check(run: Run, policy: Policy) -> dict[str, Any]:
     count = policy.quota + 5
-    key = {"X-API-Key": f"verify-exempt-{uuid.uuid4()}"}
     async with httpx.AsyncClient(base_url=run.base_url, timeout=30) as client:
-        responses = [await client.get("/health", headers=key) for _ in range(count)]
+        responses = [await client.get("/health") for _ in range(count)]
     statuses = Counter(r.status_code for r in responses)
     with_fields = sum("ratelimit" in r.headers for r in responses)
     return {
@@ -516,7 +536,7 @@ async def _exempt_check(run: Run, policy: Policy) -> dict[str, Any]:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/verify_rate_limit.py",
+        prog=".venv/bin/python scripts/verify_rate_limit.py",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit status: 0 all checks passed, 1 a deviation, 2 the target could not be used.",
@@ -529,6 +549,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     target.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--path", default=DEFAULT_PATH, help=f"route to drive ({DEFAULT_PATH})")
     parser.add_argument("--identities", type=positive_int, default=4, help="API-key clients (4)")
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        dest="api_keys",
+        help="an API key the target issued (its hash in RATE_LIMIT_API_KEY_HASHES), one per "
+        "identity; --url and --compose only (--native issues its own)",
+    )
     parser.add_argument(
         "--requests", type=positive_int, help="requests per client (default: 3 x the quota)"
     )
@@ -551,7 +579,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 @contextmanager
 def native_server(args: argparse.Namespace) -> Iterator[tuple[GunicornProcess, Policy]]:
     """A Gunicorn of our own: `--workers` workers, a small dedicated policy, a fresh
-    Redis key prefix (deleted afterwards), and 127.0.0.1 as the only trusted proxy."""
+    Redis key prefix (deleted afterwards), `args.api_keys` issued (their hashes
+    configured), and 127.0.0.1 as the only trusted proxy."""
     prefix = f"parity-verify-{uuid.uuid4().hex[:12]}:"
     policy = Policy("default", args.quota, args.window)
     # --database-url: that database, prepared and kept; else one of this run's own.
@@ -570,6 +599,7 @@ def _serve(stack: NativeStack, args: argparse.Namespace, prefix: str,
         "RATE_LIMIT_ROUTES": "",
         "RATE_LIMIT_EXEMPT_PATHS": "/health,/ready,/metrics",
         "RATE_LIMIT_KEY_HEADER": "X-API-Key",
+        "RATE_LIMIT_API_KEY_HASHES": ",".join(args.api_key_hashes),
         "FORWARDED_ALLOW_IPS": "127.0.0.1",
         "LOG_LEVEL": "info",  # the stack waits for each worker's startup line
         # The bound on a Redis call includes the time the worker's event loop is busy
@@ -652,6 +682,25 @@ def _run(run: Run) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.url or args.compose:
+        if args.api_keys and len(args.api_keys) < args.identities:
+            progress(
+                f"error: {args.identities} identities need {args.identities} --api-key "
+                f"(keys the target issued: RATE_LIMIT_API_KEY_HASHES), got {len(args.api_keys)}"
+            )
+            return 2
+        if not args.api_keys:
+            progress(
+                "no --api-key: each client is an X-Forwarded-For address (the target "
+                "must trust this host as a proxy, as a native server trusts loopback)"
+            )
+    elif args.api_keys:
+        progress("error: --api-key is for --url and --compose; --native issues its own")
+        return 2
+    else:
+        issued = [issue_key() for _ in range(args.identities)]
+        args.api_keys = [key for key, _ in issued]
+        args.api_key_hashes = [digest for _, digest in issued]
     try:
         if args.url or args.compose:
             base_url = args.url or ComposeStack().base_url
@@ -662,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.identities,
                 args.requests or 3 * policy.quota,
                 args.connections,
+                api_keys=args.api_keys,
                 spoof_from=UNTRUSTED_LOOPBACK if _loopback_ipv4(base_url) else None,
             )
             result = _run(run)
@@ -673,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.identities,
                     args.requests or 3 * policy.quota,
                     args.connections,
+                    api_keys=args.api_keys,
                     server=server,
                     expected_policy=policy,
                     spoof_from=UNTRUSTED_LOOPBACK,

@@ -127,13 +127,14 @@ def test_without_a_dotenv_the_stack_gets_the_example_values(tmp_path: Path) -> N
 
 
 def test_every_interpolated_variable_has_a_default_documented_in_env_example() -> None:
-    """Each `${VAR:-default}` has its default, and .env.example lists VAR with the same
-    value; .env.example lists nothing compose does not use."""
+    """Each `${VAR:-default}` has its default (empty only when written `${VAR:-}`), and
+    .env.example lists VAR with the same value; .env.example lists nothing compose does
+    not use."""
     used: dict[str, set[str | None]] = {}
     lines = COMPOSE_FILE.read_text().splitlines()
     code = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
-    for name, default in INTERPOLATION.findall(code):
-        used.setdefault(name, set()).add(default or None)
+    for match in INTERPOLATION.finditer(code):  # group 2: None without `:-`
+        used.setdefault(match[1], set()).add(match[2])
     example = env_example()
     assert set(used) == set(example)
     for name, defaults in used.items():

@@ -10,7 +10,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -66,3 +66,43 @@ def test_upgrade_builds_exactly_the_models_schema_and_downgrade_removes_it(
     assert asyncio.run(_inspect(empty_database))[0] == {"alembic_version"}
     command.upgrade(config, "head")  # and back up again: downgrades are real
     assert asyncio.run(_inspect(empty_database))[1] == []
+
+
+async def _execute(url: str, *statements: str) -> list[tuple[object, ...]]:
+    """Run `statements` in one transaction; the rows of the last."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            for statement in statements:
+                result = await connection.execute(text(statement))
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+def test_idempotency_keys_per_client_downgrade_keeps_the_oldest_order_of_a_shared_key(
+    empty_database: str,
+) -> None:
+    """0002 makes a key unique per client, so two clients may hold one key; 0001 wants it
+    unique: the downgrade keeps the key on the oldest of those orders and releases it
+    from the others (which stay), and the upgrade gives existing orders no client."""
+    config = alembic_config(empty_database)
+    command.upgrade(config, "head")
+    asyncio.run(
+        _execute(
+            empty_database,
+            "INSERT INTO orders "
+            "(idempotency_key, client_identity, request_fingerprint, status, total_cents) "
+            "VALUES ('k', 'ip:192.0.2.1', 'f', 'confirmed', 1), "
+            "('k', 'ip:192.0.2.2', 'f', 'confirmed', 2), "
+            "('other', 'ip:192.0.2.2', 'f', 'confirmed', 3)",
+        )
+    )
+    command.downgrade(config, "0001")
+    rows = asyncio.run(
+        _execute(empty_database, "SELECT total_cents, idempotency_key FROM orders ORDER BY id")
+    )
+    assert rows == [(1, "k"), (2, None), (3, "other")]
+    command.upgrade(config, "head")
+    owners = asyncio.run(_execute(empty_database, "SELECT DISTINCT client_identity FROM orders"))
+    assert owners == [(None,)]

@@ -1,16 +1,23 @@
-"""Orders: stock reserved atomically, never oversold, idempotent on Idempotency-Key."""
+"""Orders: stock reserved atomically, never oversold, idempotent on Idempotency-Key (a key
+per client, for IDEMPOTENCY_KEY_TTL_HOURS)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.helpers import create_product
+from app.client_identity import issue_key
+from scripts.stack import GunicornProcess, NativeStack
+from tests.conftest import REDIS_URL
+from tests.helpers import create_product, create_product_sync
 
 
 async def order(
@@ -142,7 +149,158 @@ async def test_concurrent_retries_with_one_key_create_one_order(client: httpx.As
     assert await stock_of(client, product) == 98
 
 
+async def test_concurrent_retries_of_an_expired_key_create_one_new_order(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """An order whose key expired, then 20 concurrent POSTs with that key: each may find
+    the expired key and release it, and exactly one new order is placed; the others
+    replay it."""
+    product = await create_product(client, stock=100)
+    key = str(uuid.uuid4())
+    old = (await order(client, [(product["id"], 1)], key)).json()["id"]
+    await backdate_order(database_url, old, hours=25)
+    responses = await asyncio.gather(*(order(client, [(product["id"], 1)], key) for _ in range(20)))
+    assert {response.status_code for response in responses} == {201}
+    new = {response.json()["id"] for response in responses}
+    assert len(new) == 1
+    assert old not in new
+    assert sum("idempotent-replayed" not in r.headers for r in responses) == 1
+    assert await stock_of(client, product) == 98
+
+
 async def test_unknown_order_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/orders/999999999")
     assert response.status_code == 404
     assert response.json()["detail"] == "order 999999999 does not exist"
+
+
+# --- Idempotency keys belong to a client, and expire (issue 18, item 5) ----------------
+# On a real Gunicorn: clients are told apart by their connection's source address (the
+# server trusts X-Forwarded-For from 127.0.0.1 only, so 127.0.0.2-4 are themselves) or
+# by an API key it issued.
+
+OWNER, INTRUDER, PROBER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+ISSUED_KEY, ISSUED_HASH = issue_key()
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str, redis_prefix: str) -> Iterator[GunicornProcess]:
+    """2 workers on the session database, the limiter off, ISSUED_KEY issued."""
+    stack = NativeStack(database_url=database_url)
+    env = {
+        "REDIS_URL": REDIS_URL,
+        "REDIS_KEY_PREFIX": f"{redis_prefix}orders:",
+        "RATE_LIMIT_ENABLED": "false",
+        "RATE_LIMIT_API_KEY_HASHES": ISSUED_HASH,
+        "LOG_LEVEL": "info",
+    }
+    with stack.start_gunicorn(workers=2, env=env, host="127.0.0.1") as started:
+        yield started
+
+
+def post_order(
+    server: GunicornProcess,
+    address: str,
+    product: dict[str, Any],
+    quantity: int,
+    key: str,
+    api_key: str | None = None,
+) -> httpx.Response:
+    """POST /api/v1/orders from `address` with Idempotency-Key `key`."""
+    headers = {"Idempotency-Key": key} | ({"X-API-Key": api_key} if api_key else {})
+    body = {"items": [{"product_id": product["id"], "quantity": quantity}]}
+    transport = httpx.HTTPTransport(local_address=address)
+    with httpx.Client(base_url=server.base_url, transport=transport, timeout=10) as client:
+        return client.post("/api/v1/orders", json=body, headers=headers)
+
+
+def new_order_id(response: httpx.Response) -> int:
+    """The id of an order this response placed (201, not a replay)."""
+    assert response.status_code == 201, response.text
+    assert "idempotent-replayed" not in response.headers
+    order_id: int = response.json()["id"]
+    return order_id
+
+
+def replayed_order_id(response: httpx.Response) -> int:
+    assert response.status_code == 201, response.text
+    assert response.headers["idempotent-replayed"] == "true"
+    order_id: int = response.json()["id"]
+    return order_id
+
+
+@pytest.mark.gunicorn
+def test_another_client_reusing_a_key_gets_its_own_order_not_a_replay_or_a_leak(
+    server: GunicornProcess,
+) -> None:
+    """Issue 18: a second client sending the same key got the first client's order
+    replayed, or a 422 on another body (the key exists). 1. the owner orders with key K
+    2. another client sends K with the same body  -> a new order of its own
+    3. a third sends K with another body  -> a new order, no 422 4. the owner retries
+    -> its own order replayed."""
+    product = create_product_sync(server.base_url, stock=10)
+    key = f"order-{uuid.uuid4()}"
+    owners = new_order_id(post_order(server, OWNER, product, 1, key))
+    intruders = new_order_id(post_order(server, INTRUDER, product, 1, key))
+    probers = new_order_id(post_order(server, PROBER, product, 2, key))
+    assert len({owners, intruders, probers}) == 3
+    assert replayed_order_id(post_order(server, OWNER, product, 1, key)) == owners
+    assert post_order(server, OWNER, product, 2, key).status_code == 422  # own key reused
+
+
+@pytest.mark.gunicorn
+def test_a_squatted_key_does_not_fail_the_owners_order(server: GunicornProcess) -> None:
+    """Another client uses a predictable key first, with another body  -> the owner's
+    order with that key is placed all the same (was a 422 `idempotency-key-reused`)."""
+    product = create_product_sync(server.base_url, stock=10)
+    key = "checkout-cart-42-" + uuid.uuid4().hex[:6]
+    new_order_id(post_order(server, INTRUDER, product, 3, key))
+    owners = new_order_id(post_order(server, OWNER, product, 1, key))
+    assert replayed_order_id(post_order(server, OWNER, product, 1, key)) == owners
+
+
+@pytest.mark.gunicorn
+def test_an_issued_api_key_owns_its_idempotency_keys_from_any_address(
+    server: GunicornProcess,
+) -> None:
+    """A client identified by an issued API key retries from another address (a mobile
+    client changing networks)  -> its order is replayed; the address alone is another
+    client."""
+    product = create_product_sync(server.base_url, stock=10)
+    key = f"order-{uuid.uuid4()}"
+    first = new_order_id(post_order(server, OWNER, product, 1, key, api_key=ISSUED_KEY))
+    retried = post_order(server, INTRUDER, product, 1, key, api_key=ISSUED_KEY)
+    assert replayed_order_id(retried) == first
+    assert new_order_id(post_order(server, OWNER, product, 1, key)) != first
+
+
+@pytest.mark.gunicorn
+def test_an_expired_key_places_a_new_order_and_the_old_order_stays(
+    server: GunicornProcess, database_url: str
+) -> None:
+    """1. an order with key K  2. its key older than IDEMPOTENCY_KEY_TTL_HOURS (24: the
+    order's created_at moved back 25 h)  3. K again  -> a new order, not a replay; the
+    old order is still there; a retry of the new one replays it."""
+    product = create_product_sync(server.base_url, stock=10)
+    key = f"order-{uuid.uuid4()}"
+    old = new_order_id(post_order(server, OWNER, product, 1, key))
+    asyncio.run(backdate_order(database_url, old, hours=25))
+    new = new_order_id(post_order(server, OWNER, product, 1, key))
+    assert new != old
+    assert replayed_order_id(post_order(server, OWNER, product, 1, key)) == new
+    assert httpx.get(f"{server.base_url}/api/v1/orders/{old}", timeout=10).status_code == 200
+
+
+async def backdate_order(database_url: str, order_id: int, hours: int) -> None:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE orders SET created_at = created_at - make_interval(hours => :h) "
+                    "WHERE id = :id"
+                ),
+                {"h": hours, "id": order_id},
+            )
+    finally:
+        await engine.dispose()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,9 +21,10 @@ from asgi_lifespan import LifespanManager
 from prometheus_client import REGISTRY
 from redis import Redis
 
+from app.client_identity import client_identity, key_hash
 from app.main import create_app
-from app.ratelimit import client_identity
 from app.settings import Settings
+from scripts.stack import REPO_ROOT
 from scripts.throwaway import TemporaryRedis
 from tests.conftest import REDIS_URL
 
@@ -139,28 +142,49 @@ async def test_switched_off_the_middleware_is_not_there(limited: MakeSettings) -
 # --- Identity ---------------------------------------------------------------------------
 
 
-async def test_each_api_key_has_its_own_quota_whatever_the_address(
+ISSUED = ("alice-key", "bob-key")
+ISSUED_HASHES = ",".join(key_hash(key.encode()) for key in ISSUED)
+
+
+async def test_each_issued_api_key_has_its_own_quota_whatever_the_address(
     limited: MakeSettings,
 ) -> None:
-    settings = limited()
+    settings = limited(RATE_LIMIT_API_KEY_HASHES=ISSUED_HASHES)
     async with (
         client_at(settings, "203.0.113.1") as first,
         client_at(settings, "203.0.113.2") as second,
     ):
         alice = [
-            (await client.get(PRODUCTS, headers={"X-API-Key": "alice"})).status_code
+            (await client.get(PRODUCTS, headers={"X-API-Key": "alice-key"})).status_code
             for client in (first, second, first, second)
         ]
-        bob = (await first.get(PRODUCTS, headers={"X-API-Key": "bob"})).status_code
+        bob = (await first.get(PRODUCTS, headers={"X-API-Key": "bob-key"})).status_code
         anonymous = (await first.get(PRODUCTS)).status_code
     assert alice == [200, 200, 200, 429]  # one quota across both addresses
     assert bob == 200
     assert anonymous == 200  # the address's own quota is untouched by the keyed requests
 
 
+async def test_a_key_that_was_not_issued_counts_against_the_address(
+    limited: MakeSettings,
+) -> None:
+    """Issue 18: a made-up key per request got 150 of 150 requests through a quota of
+    100. 1. a new unknown key on each of 4 requests -> the address's quota, 3 allowed
+    2. an issued key from the same address -> its own quota, allowed."""
+    settings = limited(RATE_LIMIT_API_KEY_HASHES=ISSUED_HASHES)
+    async with client_at(settings) as client:
+        rotating = [
+            (await client.get(PRODUCTS, headers={"X-API-Key": f"made-up-{i}"})).status_code
+            for i in range(4)
+        ]
+        issued = await client.get(PRODUCTS, headers={"X-API-Key": "alice-key"})
+    assert rotating == [200, 200, 200, 429]
+    assert issued.status_code == 200
+
+
 async def test_the_raw_api_key_is_never_written_to_redis(limited: MakeSettings) -> None:
-    settings = limited()
     secret = f"sk-live-{uuid.uuid4().hex}"
+    settings = limited(RATE_LIMIT_API_KEY_HASHES=key_hash(secret.encode()))
     async with client_at(settings) as client:
         await client.get(PRODUCTS, headers={"X-API-Key": secret})
     redis = Redis.from_url(REDIS_URL)
@@ -177,12 +201,15 @@ async def test_the_raw_api_key_is_never_written_to_redis(limited: MakeSettings) 
 async def test_with_the_key_header_switched_off_clients_are_told_apart_by_address(
     limited: MakeSettings,
 ) -> None:
-    async with client_at(limited(RATE_LIMIT_KEY_HEADER="")) as client:
+    settings = limited(RATE_LIMIT_KEY_HEADER="", RATE_LIMIT_API_KEY_HASHES=ISSUED_HASHES)
+    async with client_at(settings) as client:
         statuses = [
-            (await client.get(PRODUCTS, headers={"X-API-Key": f"k{i}"})).status_code
-            for i in range(4)
+            (await client.get(PRODUCTS, headers={"X-API-Key": "alice-key"})).status_code
+            for _ in range(4)
         ]
+        anonymous = (await client.get(PRODUCTS)).status_code
     assert statuses == [200, 200, 200, 429]
+    assert anonymous == 429  # the same client: its address
 
 
 def scope_from(host: str) -> dict[str, Any]:
@@ -191,20 +218,64 @@ def scope_from(host: str) -> dict[str, Any]:
 
 def test_ipv6_clients_are_grouped_by_their_64_prefix() -> None:
     """One host usually owns a whole /64 and could rotate through it."""
-    first = client_identity(scope_from("2001:db8:1:2:aaaa::1"), None)
-    assert first == client_identity(scope_from("2001:db8:1:2:ffff::9"), None)
+    none: frozenset[str] = frozenset()
+    first = client_identity(scope_from("2001:db8:1:2:aaaa::1"), None, none)
+    assert first == client_identity(scope_from("2001:db8:1:2:ffff::9"), None, none)
     assert first == "ip:2001:db8:1:2::/64"
-    assert first != client_identity(scope_from("2001:db8:1:3::1"), None)
-    assert client_identity(scope_from("::ffff:198.51.100.4"), None) == "ip:198.51.100.4"
-    assert client_identity({"type": "http", "headers": [], "client": None}, None) == "ip:unknown"
+    assert first != client_identity(scope_from("2001:db8:1:3::1"), None, none)
+    assert client_identity(scope_from("::ffff:198.51.100.4"), None, none) == "ip:198.51.100.4"
+    unknown = {"type": "http", "headers": [], "client": None}
+    assert client_identity(unknown, None, none) == "ip:unknown"
 
 
-def test_the_key_identity_is_a_hash_and_an_empty_key_does_not_count() -> None:
+def test_an_issued_key_is_its_hash_and_an_unknown_or_empty_key_is_the_address() -> None:
     header = b"x-api-key"
-    keyed = {"type": "http", "headers": [(header, b"abc")], "client": ("192.0.2.1", 1)}
-    empty = {"type": "http", "headers": [(header, b"")], "client": ("192.0.2.1", 1)}
-    assert client_identity(keyed, header) == "key:ba7816bf8f01cfea414140de5dae2223"
-    assert client_identity(empty, header) == "ip:192.0.2.1"
+    issued = frozenset({key_hash(b"abc")})
+
+    def with_key(value: bytes) -> dict[str, Any]:
+        return {"type": "http", "headers": [(header, value)], "client": ("192.0.2.1", 1)}
+
+    assert client_identity(with_key(b"abc"), header, issued) == (
+        "key:ba7816bf8f01cfea414140de5dae2223"
+    )
+    assert client_identity(with_key(b"abd"), header, issued) == "ip:192.0.2.1"
+    assert client_identity(with_key(b""), header, issued) == "ip:192.0.2.1"
+    assert client_identity(with_key(b"abc"), header, frozenset()) == "ip:192.0.2.1"
+
+
+def test_issuing_a_key_prints_it_with_the_hash_the_server_accepts() -> None:
+    """`python -m app.client_identity 2` -> two `KEY HASH` lines; the hashes configure a
+    server, and each key then is its own client."""
+    result = subprocess.run(
+        [sys.executable, "-m", "app.client_identity", "2"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    issued = [line.split() for line in result.stdout.splitlines()]
+    assert len(issued) == 2
+    assert issued[0][0] != issued[1][0]
+    hashes = ",".join(digest for _, digest in issued)
+    settings = Settings(RATE_LIMIT_API_KEY_HASHES=hashes)
+    for key, digest in issued:
+        scope = {"type": "http", "headers": [(b"x-api-key", key.encode())], "client": None}
+        identity = client_identity(scope, b"x-api-key", settings.rate_limit_api_key_hashes)
+        assert identity == "key:" + digest[:32]
+
+
+def test_a_key_pasted_in_place_of_its_hash_is_refused_without_echoing_it() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from app.settings import load_settings; load_settings()"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, "RATE_LIMIT_API_KEY_HASHES": "pk_live-secret-key"},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "RATE_LIMIT_API_KEY_HASHES: must be SHA-256 hex digests" in result.stderr
+    assert "pk_live-secret-key" not in result.stderr
+
+
+def test_a_host_that_is_no_address_still_makes_a_bounded_identity() -> None:
+    identity = client_identity(scope_from("x" * 500), None, frozenset())
+    assert identity.startswith("ip:sha256:")
+    assert len(identity) <= 64
 
 
 # --- Redis unavailable, slow, and back -------------------------------------------------

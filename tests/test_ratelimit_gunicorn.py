@@ -1,7 +1,7 @@
 """The limit holds across real Gunicorn workers: exactly the quota per client with 4
-workers deciding, X-Forwarded-For believed only from proxies in the trusted range (a
-CIDR network, as an ingress controller's pods are), and
-`scripts/verify_rate_limit.py --native` passing."""
+workers deciding, only issued API keys making clients of their own, X-Forwarded-For
+believed only from proxies in the trusted range (a CIDR network, as an ingress
+controller's pods are), and `scripts/verify_rate_limit.py --native` passing."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from app.client_identity import issue_key
 from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack
 from scripts.verify_rate_limit import (
     UNTRUSTED_LOOPBACK,
@@ -38,11 +39,14 @@ PRODUCTS = "/api/v1/products?limit=1"
 # inside it (two ingress pods), and the untrusted client outside it.
 TRUSTED_PROXIES = "127.0.0.16/28"
 PROXIES = ("127.0.0.17", "127.0.0.30")
+# API keys issued to this server (their hashes in RATE_LIMIT_API_KEY_HASHES): 4 keys.
+ISSUED = [issue_key() for _ in range(4)]
 
 
 @pytest.fixture(scope="module")
 def server(database_url: str, redis_prefix: str) -> Iterator[GunicornProcess]:
-    """4 workers, 10 requests per 60 s, proxies trusted in 127.0.0.16/28 only."""
+    """4 workers, 10 requests per 60 s, the ISSUED keys, proxies trusted in 127.0.0.16/28
+    only."""
     stack = NativeStack(database_url=database_url)
     env = {
         "REDIS_URL": REDIS_URL,
@@ -51,6 +55,7 @@ def server(database_url: str, redis_prefix: str) -> Iterator[GunicornProcess]:
         "RATE_LIMIT_DEFAULT": f"{QUOTA}/60s",
         "RATE_LIMIT_ROUTES": "",
         "FORWARDED_ALLOW_IPS": TRUSTED_PROXIES,
+        "RATE_LIMIT_API_KEY_HASHES": ",".join(digest for _, digest in ISSUED),
         # A worker's event loop busy with the burst must not push the Redis call past
         # its bound (that would fail open, correctly, but not exactly).
         "REDIS_TIMEOUT_SECONDS": "2",
@@ -67,9 +72,11 @@ async def burst(
     api_key: str | None = None,
     local_address: str | None = None,
     forge: bool = False,
+    rotate_keys: bool = False,
 ) -> IdentityReport:
     """`requests` requests of one client at once, over connections held by every
-    worker; `forge`: a different X-Forwarded-For on each."""
+    worker; `forge`: a different X-Forwarded-For on each; `rotate_keys`: a different
+    made-up X-API-Key on each."""
     connections = await open_connections(
         server.base_url, count=8, server=server, local_address=local_address
     )
@@ -79,6 +86,8 @@ async def burst(
     def headers(index: int) -> dict[str, str]:
         if forge:
             return {"X-Forwarded-For": forged[index]}
+        if rotate_keys:
+            return {"X-API-Key": f"made-up-{index}-{uuid.uuid4().hex}"}
         return {"X-API-Key": api_key} if api_key else {}
 
     try:
@@ -91,13 +100,13 @@ async def burst(
 
 
 def test_four_workers_admit_exactly_the_quota_per_client(server: GunicornProcess) -> None:
-    """1. 3 clients (API keys) x 30 requests at once, each client's requests spread
+    """1. 3 clients (issued API keys) x 30 requests at once, each client's requests spread
     over connections held by all 4 workers  -> exactly 10 allowed per client, every
     other answer a 429 with Retry-After, each remaining count 9..0 seen once, and each
     worker decided some of every client's requests."""
 
     async def scenario() -> list[IdentityReport]:
-        keys = [f"key-{uuid.uuid4().hex}" for _ in range(3)]
+        keys = [key for key, _ in ISSUED[:3]]
         return await asyncio.gather(*(burst(server, 30, api_key=key) for key in keys))
 
     for report in asyncio.run(scenario()):
@@ -106,6 +115,20 @@ def test_four_workers_admit_exactly_the_quota_per_client(server: GunicornProcess
         assert report.header_errors == []
         assert sorted(report.remaining_seen) == list(range(QUOTA))
         assert sorted(report.by_worker) == sorted(str(pid) for pid in server.worker_pids())
+
+
+def test_rotating_unissued_api_keys_from_one_address_gets_only_the_address_quota(
+    server: GunicornProcess,
+) -> None:
+    """Issue 18: a new made-up X-API-Key on each request got 150 of 150 through a quota
+    of 100. 1. a client at 127.0.0.3 sends 25 requests at once, each with a key never
+    issued  -> all count against 127.0.0.3: exactly 10 allowed, 15 refused
+    2. the same address with an issued key  -> that key's own quota: 10 of 12 allowed."""
+    rotating = asyncio.run(burst(server, 25, local_address="127.0.0.3", rotate_keys=True))
+    assert (rotating.allowed, rotating.limited) == (QUOTA, 25 - QUOTA), rotating
+    issued_key = ISSUED[3][0]
+    issued = asyncio.run(burst(server, 12, local_address="127.0.0.3", api_key=issued_key))
+    assert (issued.allowed, issued.limited) == (QUOTA, 2), issued
 
 
 def test_a_client_forging_x_forwarded_for_is_still_limited(server: GunicornProcess) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Identity,
     Integer,
     String,
+    UniqueConstraint,
     func,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -19,11 +20,17 @@ from app.db import Base
 
 class Order(Base):
     __tablename__ = "orders"
+    # Unique per client: the database, not a check-then-insert in Python, decides which
+    # of two concurrent requests with the same key creates the order, and another
+    # client's identical key is another key (issue 18). NULLs never conflict: orders
+    # without a key, and keys released on expiry (app/orders/service.py).
+    __table_args__ = (UniqueConstraint("client_identity", "idempotency_key"),)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    # Unique: the database, not a check-then-insert in Python, decides which of two
-    # concurrent requests with the same key creates the order.
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # Whose key it is (app/client_identity.py: `key:<hash>` or `ip:<address>`), set
+    # only with a key.
+    client_identity: Mapped[str | None] = mapped_column(String(64))
     # sha256 of the canonical request body: a key reused with another body is refused.
     request_fingerprint: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))

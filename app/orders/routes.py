@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Response, status
+from fastapi import APIRouter, Header, Path, Request, Response, status
 
+from app.client_identity import ClientIdentifier
 from app.deps import ResourcesDep, SessionDep
 from app.errors import problem_responses
 from app.orders import service
@@ -19,7 +21,9 @@ IdempotencyKey = Annotated[
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",
         description="Any unique printable string (a UUID is ideal). Retrying with the same "
-        "key returns the first order instead of placing a second one.",
+        "key returns the first order instead of placing a second one. A key is yours alone "
+        "(your API key's, else your address's) and expires after IDEMPOTENCY_KEY_TTL_HOURS "
+        "(24 by default): the same key then places a new order.",
     ),
 ]
 
@@ -35,14 +39,24 @@ async def place_order(
     data: OrderCreate,
     session: SessionDep,
     resources: ResourcesDep,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> OrderOut:
     """409 `insufficient-stock` when a line cannot be served (nothing is reserved then);
     422 `unknown-product` for a product id that does not exist; 422
-    `idempotency-key-reused` when the key was used before for a different order. A replay
-    answers 201 with the original order and `Idempotent-Replayed: true`."""
-    placed = await service.place_order(session, resources.product_cache, data, idempotency_key)
+    `idempotency-key-reused` when this client used the key before for a different order
+    (within the key's lifetime). A replay answers 201 with the original order and
+    `Idempotent-Replayed: true`."""
+    idempotency = None
+    if idempotency_key is not None:
+        settings = resources.settings
+        idempotency = service.IdempotencyKey(
+            client=ClientIdentifier(settings).identify(request.scope),
+            key=idempotency_key,
+            ttl=timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS),
+        )
+    placed = await service.place_order(session, resources.product_cache, data, idempotency)
     response.headers["Location"] = f"{router.prefix}/{placed.order.id}"
     if placed.replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -7,18 +7,28 @@ the row as the winner left it, so two buyers of the last item cannot both succee
 Lines are reserved in product-id order so that two multi-line orders cannot deadlock.
 The `stock >= 0` CHECK constraint backs this up in the schema.
 
-Idempotency: the order row with its `Idempotency-Key` is inserted first, with
-`ON CONFLICT DO NOTHING`. A concurrent request with the same key blocks on the unique
-index until the first transaction ends; if that one committed, this one finds its order
-and replays it; if it rolled back (e.g. out of stock), this one proceeds as new.
-A failed order therefore never consumes its key.
+Idempotency (the IETF Idempotency-Key draft's model): a key belongs to the client that
+sent it (`client_identity`: a verified API key, else the address) and lives for
+IDEMPOTENCY_KEY_TTL_HOURS. Another client's identical key is another key: it neither
+replays this client's order, nor learns that the key exists, nor squats it (issue 18).
+
+The order row with its (client, key) is inserted first, with `ON CONFLICT DO NOTHING`
+on the unique (client_identity, idempotency_key). A concurrent request with the same
+key blocks on the unique index until the first transaction ends; if that one
+committed, this one finds its order and replays it; if it rolled back (e.g. out of
+stock), this one proceeds as new. A failed order therefore never consumes its key.
+
+Expiry needs no cleanup job: when the conflicting order is older than the TTL, its key
+is released (set to NULL on that order, which stays as it was) in the same transaction,
+and the insert is tried again; keys never reused simply stay on their orders.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,21 +51,40 @@ class UnknownProduct(UnprocessableRequest):
     slug = "unknown-product"
 
 
+class IdempotencyKeyBusy(Conflict):
+    slug = "idempotency-key-busy"
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    client: str  # the identity the key belongs to (app/client_identity.py)
+    key: str
+    ttl: timedelta
+
+
 @dataclass(frozen=True, slots=True)
 class PlacedOrder:
     order: Order
     replayed: bool  # True when an earlier request with the same key created it
 
 
+# Attempts at claiming a key: the first finds an expired order and releases its key,
+# the second inserts. A third is needed only if the key changed hands meanwhile.
+_CLAIM_ATTEMPTS = 3
+
+
 async def place_order(
-    session: AsyncSession, cache: VersionedCache, request: OrderCreate, idempotency_key: str | None
+    session: AsyncSession,
+    cache: VersionedCache,
+    request: OrderCreate,
+    idempotency: IdempotencyKey | None,
 ) -> PlacedOrder:
     fingerprint = request.fingerprint()
     async with session.begin():
-        order_id = await _insert_order_row(session, idempotency_key, fingerprint)
-        if order_id is None:
-            assert idempotency_key is not None
-            return PlacedOrder(await _replay(session, idempotency_key, fingerprint), replayed=True)
+        claimed = await _claim(session, idempotency, fingerprint)
+        if isinstance(claimed, Order):
+            return PlacedOrder(claimed, replayed=True)
+        order_id = claimed
         lines = sorted(request.items, key=lambda line: line.product_id)
         items = [await _reserve(session, order_id, line) for line in lines]
         session.add_all(items)
@@ -71,23 +100,71 @@ async def place_order(
     return PlacedOrder(await get_order(session, order_id), replayed=False)
 
 
-async def _insert_order_row(session: AsyncSession, key: str | None, fingerprint: str) -> int | None:
-    """The new order's id, or None if an order with this key exists already."""
+async def _claim(
+    session: AsyncSession, idempotency: IdempotencyKey | None, fingerprint: str
+) -> int | Order:
+    """The new order's id, or the client's earlier order with this key (a replay)."""
+    for _ in range(_CLAIM_ATTEMPTS):
+        order_id = await _insert_order_row(session, idempotency, fingerprint)
+        if order_id is not None:
+            return order_id
+        assert idempotency is not None, "only a keyed insert can conflict"
+        found = await _keyed_order(session, idempotency)
+        if found is None:  # released by a concurrent request since: claim it again
+            continue
+        order, expired = found
+        if not expired:
+            return _replay(order, fingerprint)
+        await _release_key(session, order.id, idempotency)
+    raise IdempotencyKeyBusy("this Idempotency-Key is being claimed concurrently; retry")
+
+
+async def _insert_order_row(
+    session: AsyncSession, idempotency: IdempotencyKey | None, fingerprint: str
+) -> int | None:
+    """The new order's id, or None if the client has an order with this key already."""
+    owner = {}
+    if idempotency is not None:
+        owner = {"client_identity": idempotency.client, "idempotency_key": idempotency.key}
     statement = (
         insert(Order)
-        .values(
-            idempotency_key=key, request_fingerprint=fingerprint, status="pending", total_cents=0
-        )
-        .on_conflict_do_nothing(index_elements=[Order.idempotency_key])
+        .values(request_fingerprint=fingerprint, status="pending", total_cents=0, **owner)
+        .on_conflict_do_nothing(index_elements=[Order.client_identity, Order.idempotency_key])
         .returning(Order.id)
     )
     order_id: int | None = await session.scalar(statement)
     return order_id
 
 
-async def _replay(session: AsyncSession, key: str, fingerprint: str) -> Order:
-    order = await session.scalar(select(Order).where(Order.idempotency_key == key))
-    assert order is not None, "a conflicting key belongs to a committed order"
+async def _keyed_order(
+    session: AsyncSession, idempotency: IdempotencyKey
+) -> tuple[Order, bool] | None:
+    """The client's order with this key and whether the key has expired (by the
+    database's clock, which also wrote `created_at`)."""
+    expired = (Order.created_at <= func.now() - idempotency.ttl).label("expired")
+    row = (
+        await session.execute(
+            select(Order, expired).where(
+                Order.client_identity == idempotency.client,
+                Order.idempotency_key == idempotency.key,
+            )
+        )
+    ).one_or_none()
+    return None if row is None else (row[0], bool(row[1]))
+
+
+async def _release_key(session: AsyncSession, order_id: int, idempotency: IdempotencyKey) -> None:
+    """The expired key leaves its order (which is kept), so the insert can take it.
+    Two requests releasing at once: the second waits for the first's row lock, then
+    finds the key gone and claims again (replaying the first's new order)."""
+    await session.execute(
+        update(Order)
+        .where(Order.id == order_id, Order.idempotency_key == idempotency.key)
+        .values(idempotency_key=None)
+    )
+
+
+def _replay(order: Order, fingerprint: str) -> Order:
     if order.request_fingerprint != fingerprint:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used for a different order; use a new key per order"
