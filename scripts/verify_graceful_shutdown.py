@@ -334,7 +334,13 @@ class PidTarget:
         os.kill(self.pid, sig)
 
     def running(self) -> bool:
-        return Path(f"/proc/{self.pid}").exists()
+        """Alive, and not a zombie: a master that exited stays in /proc until its
+        parent (a shell, a supervisor, a test) reaps it."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rpartition(")")[2].split()[0] != "Z"
 
     def exit_code(self) -> int | None:
         return None  # not our child: its exit status is not ours to read
