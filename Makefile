@@ -18,7 +18,11 @@ HOST ?= http://127.0.0.1:8000
 SCENARIO ?= mixed
 SHAPE ?= constant
 LOCUST_ARGS ?=
-LOADTEST_DIR := results/loadtest-$(shell date +%Y%m%d-%H%M%S)
+# Where the verbs write their reports and plots.
+RESULTS ?= results
+# make verify-shutdown: extra options for both runs (e.g. --clients 100).
+VERIFY_SHUTDOWN_ARGS ?=
+LOADTEST_DIR ?= $(RESULTS)/loadtest-$(shell date +%Y%m%d-%H%M%S)
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{n[NR] = $$1; d[NR] = $$2; if (length($$1) > w) w = length($$1)} END {for (i = 1; i <= NR; i++) printf ("  make %-" w "s  %s\n"), n[i], d[i]}'
@@ -41,7 +45,7 @@ test: venv services ## run the test suite against the real Postgres, Redis and G
 	$(BIN)/pytest
 
 verify-shutdown: venv services ## SIGTERM and SIGHUP under load: prove no request is lost
-	$(BIN)/python scripts/verify_graceful_shutdown.py --native --signal TERM --plot results/shutdown-TERM.png && $(BIN)/python scripts/verify_graceful_shutdown.py --native --signal HUP --plot results/shutdown-HUP.png
+	$(BIN)/python scripts/verify_graceful_shutdown.py --native --signal TERM --plot $(RESULTS)/shutdown-TERM.png $(VERIFY_SHUTDOWN_ARGS) && $(BIN)/python scripts/verify_graceful_shutdown.py --native --signal HUP --plot $(RESULTS)/shutdown-HUP.png $(VERIFY_SHUTDOWN_ARGS)
 
 lint: venv ## ruff (lint + format check) and mypy --strict on app/
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

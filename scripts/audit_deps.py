@@ -96,7 +96,7 @@ def print_summary(result: AuditResult, service: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python scripts/audit_deps.py", description=__doc__.split("\n\n")[0]
+        prog=".venv/bin/python scripts/audit_deps.py", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "files",

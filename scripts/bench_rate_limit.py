@@ -333,7 +333,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/bench_rate_limit.py",
+        prog=".venv/bin/python scripts/bench_rate_limit.py",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     except (StackError, OSError, subprocess.TimeoutExpired) as exc:
         progress(f"error: {exc}")
         return 2
-    command = "python scripts/bench_rate_limit.py " + " ".join(
+    command = ".venv/bin/python scripts/bench_rate_limit.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     section = markdown(result, command.strip())

@@ -166,7 +166,7 @@ def plot(medians: dict[str, float], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python scripts/bench_telemetry.py", description=__doc__.split("\n\n")[0]
+        prog=".venv/bin/python scripts/bench_telemetry.py", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     parser.add_argument("--requests", type=int, default=3000, help="per variant per round")

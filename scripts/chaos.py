@@ -360,7 +360,7 @@ def print_table(reports: list[PhaseReport]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/chaos.py",
+        prog=".venv/bin/python scripts/chaos.py",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],

@@ -167,7 +167,7 @@ def print_native_urls(base_url: str, exporter: int, prometheus: NativePrometheus
     say(
         "\nNo Grafana and no Jaeger on this machine (they run in compose): for the Load test, "
         "API overview and Dependencies dashboards and clickable traces, run `make up`, then "
-        "`python scripts/demo.py --compose`."
+        "`make demo DEMO_ARGS=--compose`."
     )
 
 
@@ -347,7 +347,7 @@ def watch(locust: subprocess.Popen[bytes], csv_prefix: Path, duration: float,
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/demo.py", description=__doc__.split("\n\n")[0]
+        prog=".venv/bin/python scripts/demo.py", description=__doc__.split("\n\n")[0]
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--native", action="store_true", help="start the API here (default)")

@@ -38,7 +38,7 @@ def stale_files(directory: Path, rendered: dict[str, str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python scripts/grafana_dashboards.py", description=__doc__.split("\n\n")[0]
+        prog=".venv/bin/python scripts/grafana_dashboards.py", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
         "--check", action="store_true", help="do not write; exit 1 if a file is stale"

@@ -337,7 +337,7 @@ def plot(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/rollout.py",
+        prog=".venv/bin/python scripts/rollout.py",
         description=__doc__.split("\n\n")[0],
         epilog="Reports client-visible errors (no HTTP answer, or a 5xx), p50/p99 before and "
         "during, and per replica: SIGTERM -> out of the lb pool, -> exit, replacement -> in "

@@ -537,7 +537,7 @@ def iter_json_lines(text: str) -> Iterator[dict[str, Any]]:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/stack.py", description=__doc__.split("\n\n")[0]
+        prog=".venv/bin/python scripts/stack.py", description=__doc__.split("\n\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (

@@ -690,7 +690,7 @@ def key_value(text: str) -> tuple[str, str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cpus = available_cpus()
     parser = argparse.ArgumentParser(
-        prog="python scripts/tune_workers.py",
+        prog=".venv/bin/python scripts/tune_workers.py",
         description=__doc__.split("\n\n")[0],
         epilog="Example: python scripts/tune_workers.py --native --workers 1-4 --duration 30",
     )

@@ -512,7 +512,7 @@ def compose_prometheus_url() -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/verify_dashboards.py",
+        prog=".venv/bin/python scripts/verify_dashboards.py",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -727,7 +727,7 @@ def render(report: dict[str, Any], description: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python scripts/verify_graceful_shutdown.py",
+        prog=".venv/bin/python scripts/verify_graceful_shutdown.py",
         description=__doc__.split("\n\n")[0],
         epilog="docs/shutdown.md explains the shutdown sequence and the numbers.",
     )
