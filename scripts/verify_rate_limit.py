@@ -233,6 +233,9 @@ class IdentityReport:
     # quota before (the spoofer's address, shared with other clients of the target);
     # None: a fresh identity, quota - 1.
     first_remaining: int | None = None
+    # Workers holding a connection this identity's requests went over: each of them
+    # must have decided some (with many workers one may win no accept race at all).
+    workers_held: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -417,6 +420,11 @@ def _worker_spread(
     }
 
 
+def held_by(connections: Sequence[Connection]) -> list[str]:
+    """The pids of the workers holding these connections (those that could be told)."""
+    return sorted({str(c.worker) for c in connections if c.worker is not None})
+
+
 async def _drive_all(
     run: Run, policy: Policy, normal: list[Connection], spoofing: list[Connection]
 ) -> list[IdentityReport]:
@@ -430,6 +438,7 @@ async def _drive_all(
         else:
             name, key = f"forwarded-{number + 1}", {"X-Forwarded-For": addresses[number]}
         report = IdentityReport(name, requests, min(policy.quota, requests))
+        report.workers_held = held_by(normal)
         jobs.append(
             drive_identity(
                 report,
@@ -448,6 +457,7 @@ async def _drive_all(
         if run.expected_policy is not None and left != policy.quota - 1:
             raise StackError(f"{run.spoof_from} had used quota before the run ({left} left)")
         report = IdentityReport(f"spoofer@{run.spoof_from}", requests, min(left or 0, requests))
+        report.workers_held = held_by(spoofing)
         if left is not None:  # the probe counts as the identity's first request
             report.requests += 1
             report.expected_allowed += 1
@@ -497,7 +507,9 @@ def _identity_deviations(report: IdentityReport, workers: dict[str, Any]) -> lis
         found.append(f"{name}: {report.retry_after_missing} 429s without Retry-After")
     found.extend(f"{name}: {error}" for error in sorted(set(report.header_errors))[:5])
     if workers.get("observable"):
-        silent = [str(pid) for pid in workers["pids"] if str(pid) not in report.by_worker]
+        if len(workers["pids"]) > 1 and len(report.workers_held) < 2:
+            found.append(f"{name}: its connections reached one worker, nothing shown across them")
+        silent = [pid for pid in report.workers_held if pid not in report.by_worker]
         if silent:
             found.append(f"{name}: workers {', '.join(silent)} decided none of its requests")
     return found
@@ -668,7 +680,12 @@ def _summary(result: dict[str, Any]) -> str:
     )
     lines.append("")
     if result["ok"]:
-        across = ", decided by every worker" if workers["observable"] else ""
+        reached = {pid for identity in result["identities"] for pid in identity["workers_held"]}
+        across = ""
+        if workers["observable"]:
+            across = f", decided by each of the {len(reached)} workers holding its connections"
+            if len(reached) == len(workers["pids"]):
+                across = ", decided by every worker"
         lines.append(f"OK: every client got exactly its quota{across}")
     else:
         lines.append("DEVIATIONS:")
