@@ -12,10 +12,18 @@ import os
 import re
 import sys
 from dataclasses import dataclass, replace
-from typing import Annotated, Literal, Self
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -29,6 +37,11 @@ _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 # Values of these variables are never echoed back in an error message or a repr.
 # (RATE_LIMIT_API_KEY_HASHES: hashes are no secret, but a key pasted in their place is.)
 SECRET_FIELDS = frozenset({"DATABASE_URL", "REDIS_URL", "RATE_LIMIT_API_KEY_HASHES"})
+
+# Where secrets are read from as files when SECRETS_DIR is not set: where compose mounts
+# `secrets:` (docs/docker.md#secrets-as-files). k8s/ mounts its Secret one level below
+# and says so (docs/kubernetes.md#secrets-as-files).
+DEFAULT_SECRETS_DIR = "/run/secrets"
 
 # After the drain timeout cuts requests off, how long they get to send their 503 before
 # the lifespan shutdown starts (app/lifecycle.py). Part of the shutdown budget.
@@ -49,6 +62,16 @@ class Settings(BaseSettings):
 
     # --- Service identity ----------------------------------------------------------
     SERVICE_NAME: str = Field("parity-api", min_length=1, max_length=64)
+
+    # --- Secrets as files ------------------------------------------------------------
+    # A directory of files named after settings (DATABASE_URL, REDIS_URL, ...), each
+    # holding that setting's value (surrounding whitespace stripped): compose `secrets:`
+    # and a Kubernetes Secret mounted as a volume put them there. A file is read only
+    # when no variable sets its setting: a variable always wins. Unset: /run/secrets,
+    # when it is a readable directory, else nothing. Set: it must be one, or the start
+    # fails saying so (a mount that went wrong must not fall back to the defaults).
+    # Empty: no files. Read from the variable only, never from a file of its own.
+    SECRETS_DIR: str = DEFAULT_SECRETS_DIR
 
     # --- Postgres ------------------------------------------------------------------
     DATABASE_URL: str = Field("postgresql+asyncpg://postgres@127.0.0.1:5432/app", repr=False)
@@ -227,6 +250,23 @@ class Settings(BaseSettings):
     # claimed: a client must not decide that it is traced (issue 18). Empty (default):
     # no caller; set it to the traced services that call this one.
     TRACE_CONTEXT_TRUSTED_CALLERS: str = ""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings' order, highest first: keyword arguments, variables, then
+        files in SECRETS_DIR (the keyword argument, the variable, or the default)."""
+        init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
+        explicit = init_kwargs.get("SECRETS_DIR", os.environ.get("SECRETS_DIR"))
+        directory = DEFAULT_SECRETS_DIR if explicit is None else str(explicit)
+        files = SecretFiles(settings_cls, directory, required=explicit is not None)
+        return init_settings, env_settings, dotenv_settings, files
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -535,15 +575,73 @@ def parse_route_policies(text: str) -> tuple[RateLimitPolicy, ...]:
     return policies
 
 
-def describe_errors(error: ValidationError) -> list[str]:
-    """One line per bad variable: its name, what is wrong and, unless secret, the value."""
+class SecretsDirError(SettingsError):
+    """SECRETS_DIR is set but unusable, or a file in it cannot be read. Its message
+    names the path and the reason, never a value."""
+
+
+class SecretFiles(SecretsSettingsSource):
+    """pydantic-settings' secrets directory, with errors that say what to fix: a
+    SECRETS_DIR that was set (`required`) but is no readable directory, or a file named
+    after a setting that cannot be read (a secret mounted for another uid), stops the
+    start with SecretsDirError; the default directory, when absent or unreadable, is
+    skipped (natively there is none)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], directory: str, *, required: bool):
+        super().__init__(settings_cls, secrets_dir=directory or None)
+        self.directory = directory
+        self.required = required
+
+    def __call__(self) -> dict[str, Any]:
+        if not self.directory:
+            return {}
+        try:
+            usable = Path(self.directory).is_dir() and os.access(self.directory, os.R_OK | os.X_OK)
+        except OSError:
+            usable = False
+        if not usable:
+            if self.required:
+                raise SecretsDirError(
+                    f"SECRETS_DIR={self.directory!r} is not a readable directory (set it "
+                    "to where the secrets are mounted, or to an empty value for none)"
+                )
+            return {}
+        try:
+            values = super().__call__()
+        except (OSError, SettingsError) as exc:
+            # pydantic-settings wraps what a field's lookup raised in a SettingsError.
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
+            if not isinstance(cause, OSError):
+                raise
+            raise SecretsDirError(
+                f"SECRETS_DIR={self.directory!r}: cannot read {cause.filename or 'it'} "
+                f"({cause.strerror}); the files must be readable by uid {os.getuid()}"
+            ) from None
+        values.pop("SECRETS_DIR", None)  # where to look is never itself read from a file
+        return values
+
+
+def secret_file_names(directory: str | None = None) -> frozenset[str]:
+    """The settings a file in the secrets directory would set (best effort, for error
+    messages: a value that came from a secrets file is never echoed)."""
+    if directory is None:
+        directory = os.environ.get("SECRETS_DIR", DEFAULT_SECRETS_DIR)
+    try:
+        return frozenset(name for name in os.listdir(directory) if name in Settings.model_fields)
+    except OSError:
+        return frozenset()
+
+
+def describe_errors(error: ValidationError, hidden: frozenset[str] = SECRET_FIELDS) -> list[str]:
+    """One line per bad variable: its name, what is wrong and, unless secret (`hidden`),
+    the value."""
     lines = []
     for item in error.errors(include_url=False):
         name = _variable(".".join(str(part) for part in item["loc"])) or "settings"
         message = item["msg"].removeprefix("Value error, ")
         # A rule across variables has no loc, and its input is *every* variable,
         # secrets included: never echo that.
-        if not item["loc"] or name in SECRET_FIELDS or "input" not in item:
+        if not item["loc"] or name in hidden or "input" not in item:
             lines.append(f"invalid configuration: {name}: {message}")
         else:
             lines.append(f"invalid configuration: {name}={item['input']!r}: {message}")
@@ -560,10 +658,14 @@ def _variable(field: str) -> str:
 
 
 def load_settings() -> Settings:
-    """Read the environment; on a bad value, print what is wrong and exit with status 2."""
+    """Read the environment and the secrets directory; on a bad value, print what is
+    wrong and exit with status 2. A value read from a file is never echoed."""
     try:
         return Settings()
     except ValidationError as exc:
-        for line in describe_errors(exc):
+        for line in describe_errors(exc, SECRET_FIELDS | secret_file_names()):
             print(line, file=sys.stderr)
+        raise SystemExit(2) from None
+    except SecretsDirError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
