@@ -42,9 +42,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -103,6 +105,11 @@ SHUTDOWN_ENV = {
     # replica does not trust as a proxy: above the default per-address cap (128).
     "WORKER_CONNECTIONS_PER_ADDRESS": "1000",
 }
+# The `docker compose watch` proof runs on a copy of the project as a project of its own.
+WATCH_PROJECT = "parity-e2e-watch"
+WATCH_IMAGE = "parity-api:e2e-watch"
+WATCH_NET_PREFIX = "10.213.251"
+NOT_BUILD_CONTEXT = (".git", ".venv", ".tools", "results", "*_cache", "__pycache__")
 # Writes get a quota out of reach and fail open like reads, as in the native chaos run:
 # the default `fail=closed` would answer them 503 while Redis is out and until the
 # breaker closes again, which the outage checks count as errors.
@@ -702,6 +709,14 @@ class E2E:
         self.check("outages: Postgres, Redis stopped and paused", outages)
 
     # 9. down -------------------------------------------------------------------------
+    # 8. the development loop -------------------------------------------------------------
+    def watch_check(self) -> None:
+        def serves_the_change() -> str:
+            with tempfile.TemporaryDirectory(prefix="parity-watch-") as tmp:
+                return WatchProof(Path(tmp)).run()
+
+        self.check("docker compose watch: an edit is served", serves_the_change)
+
     def down_check(self) -> None:
         def nothing_left() -> str:
             compose("down", "--volumes", "--remove-orphans", timeout=180)
@@ -711,6 +726,100 @@ class E2E:
             return "no container, volume or network of the project left"
 
         self.check("docker compose down -v leaves nothing", nothing_left)
+
+
+class WatchProof:
+    """compose.yaml's `develop.watch`, proven on a copy of the project (your tree is
+    never edited) run as a project of its own (its network, volumes and image tag): the
+    api, Postgres and Redis up, `docker compose watch` started, a line of app/ changed,
+    and the running api polled until it serves the change."""
+
+    TIMEOUT_SECONDS = 300
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.env = {
+            **os.environ,
+            "COMPOSE_PROJECT_NAME": WATCH_PROJECT,
+            "API_IMAGE": WATCH_IMAGE,
+            "API_REPLICAS": "1",
+            "EDGE_NET_PREFIX": WATCH_NET_PREFIX,
+            "API_PORT": str(free_port()),
+            "PROMETHEUS_PORT": str(free_port()),
+            "LB_STATS_PORT": str(free_port()),
+        }
+
+    def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["docker", "compose", *args], cwd=self.directory, env=self.env,
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
+            raise CheckFailed(f"`docker compose {args[0]}` exited {result.returncode}:\n{tail}")
+        return result
+
+    def run(self) -> str:
+        shutil.copytree(REPO_ROOT, self.directory, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(*NOT_BUILD_CONTEXT))  # fmt: skip
+        try:
+            self.compose("up", "--detach", "--build", "--wait", "api", timeout=900)
+            log = self.directory / "watch.log"
+            with log.open("w") as output:
+                watcher = subprocess.Popen(
+                    ["docker", "compose", "watch", "--no-up", "api"], cwd=self.directory,
+                    env=self.env, stdout=output, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            try:
+                return self.edit_and_wait(log)
+            finally:
+                watcher.terminate()
+                watcher.wait(timeout=30)
+        finally:
+            self.compose("down", "--volumes", "--remove-orphans", timeout=180)
+            run(["docker", "image", "rm", "--force", WATCH_IMAGE], check=False)
+
+    def edit_and_wait(self, log: Path) -> str:
+        deadline = time.monotonic() + 60
+        while "watch enabled" not in log.read_text().lower():
+            if time.monotonic() > deadline:
+                raise CheckFailed(
+                    f"`docker compose watch` never said it watches:\n{log.read_text()}"
+                )
+            time.sleep(0.5)
+        version_file = self.directory / "app" / "__init__.py"
+        before = self.served_version()
+        version_file.write_text(
+            version_file.read_text().replace(f'"{before}"', f'"{before}+watched"')
+        )
+        edited = time.monotonic()
+        while time.monotonic() - edited < self.TIMEOUT_SECONDS:
+            time.sleep(2)
+            if self.served_version(check=False) == f"{before}+watched":
+                waited = time.monotonic() - edited
+                return (
+                    f"app/__init__.py edited in a copy: the running api served version "
+                    f"{before}+watched {waited:.0f} s later (image rebuilt, container replaced)"
+                )
+        last_lines = "\n".join(log.read_text().splitlines()[-20:])
+        raise CheckFailed(
+            f"the api still served {before} {self.TIMEOUT_SECONDS} s after the edit:\n{last_lines}"
+        )
+
+    def served_version(self, *, check: bool = True) -> str | None:
+        """The version in the running api's /openapi.json, asked from inside its container
+        (the api publishes no port; the lb is not part of this project's run)."""
+        probe = (
+            "import json, urllib.request; print(json.load(urllib.request.urlopen("
+            "'http://127.0.0.1:8000/openapi.json', timeout=5))['info']['version'])"
+        )
+        try:
+            result = self.compose("exec", "-T", "api", "python", "-c", probe, timeout=30)
+        except (CheckFailed, subprocess.TimeoutExpired):
+            if check:
+                raise
+            return None  # being rebuilt or replaced
+        return result.stdout.strip()
 
 
 def process_uid(pid: int) -> int:
@@ -756,6 +865,8 @@ def execute(e2e: E2E, keep: bool) -> None:
         if not keep:
             with e2e.phase("down"):
                 e2e.down_check()
+    with e2e.phase("watch"):
+        e2e.watch_check()
 
 
 def print_summary(report: Report) -> None:
