@@ -65,7 +65,7 @@ dashboards: venv ## regenerate observability/grafana/dashboards/*.json from scri
 verify-dashboards: venv services ## every dashboard/rule expression has data (native Gunicorn + Prometheus)
 	$(BIN)/python scripts/verify_dashboards.py --native
 
-tools: ## install the deploy tools: Compose CLI as the docker plugin, debootstrap
+tools: ## install the deploy tools: Compose CLI as the docker plugin, debootstrap, checkov (its own venv)
 	PYTHON=$(PYTHON) scripts/install_deploy_tools.sh
 
 images-offline: venv tools ## build the local stand-in images compose.offline.yaml runs (no registry)
