@@ -204,11 +204,27 @@ def make_run() -> Iterator[MakeRun]:
         wait_until_ready(base_url, process, log)
         yield MakeRun(base_url, env)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
-        log.close()
-        delete_redis_prefix(REDIS_URL, env["REDIS_KEY_PREFIX"])
-        drop_database(database_url)
+        try:
+            stop_process_group(process)
+        finally:
+            log.close()
+            delete_redis_prefix(REDIS_URL, env["REDIS_KEY_PREFIX"])
+            drop_database(database_url)
+
+
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """TERM to make and the Gunicorn it started (one process group); wait until every
+    one of them is gone (make exits at once, Gunicorn drains), then KILL what is left."""
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
 
 
 def wait_until_ready(base_url: str, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
