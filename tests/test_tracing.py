@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from app.main import create_app
 from app.settings import Settings
 from app.telemetry.logging import RequestContextFilter
+from app.telemetry.tracing import opt_in_to_stable_database_conventions
 from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, free_port
 from tests.conftest import REDIS_URL
 from tests.helpers import (
@@ -181,6 +182,42 @@ def test_one_product_read_is_one_trace_with_server_sql_and_redis_spans(
     # the worker's first look at Redis's memory before storing (app/cache.py: then at
     # most once a second).
     assert redis_commands == ["EVALSHA", "EVALSHA", "INFO", "MGET"]
+
+
+def test_database_and_redis_spans_use_the_stable_semantic_conventions(
+    traced_run: TracedRun,
+) -> None:
+    """SQL and Redis spans carry the stable database attribute names (semconv 1.26+:
+    db.system.name, db.namespace, db.query.text, server.address), not the old ones
+    (db.system, db.name, db.statement, net.peer.name)."""
+    server = traced_run.server_span()
+    children = [span for span in traced_run.trace(traced_run.trace_id) if span is not server]
+    for span in children:
+        assert span.attributes.get("db.system.name") in ("postgresql", "redis"), span
+        assert span.attributes.get("server.address") == "127.0.0.1", span
+        old = {"db.system", "db.name", "db.statement", "net.peer.name"} & set(span.attributes)
+        assert not old, (span.name, old)
+    sql = [s for s in children if s.attributes["db.system.name"] == "postgresql"]
+    assert all(s.attributes.get("db.namespace") for s in sql), [s.attributes for s in sql]
+    assert any("SELECT" in str(s.attributes.get("db.query.text")) for s in sql)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, "database,http"),
+        ("http", "http,database"),
+        ("database/dup", "database/dup,http"),
+        ("http/dup, database", "http/dup,database"),
+        ("gen_ai_latest_experimental", "gen_ai_latest_experimental,database,http"),
+    ],
+)
+def test_the_stable_conventions_are_opted_in_unless_the_user_chose(
+    before: str | None, after: str
+) -> None:
+    environ = {} if before is None else {"OTEL_SEMCONV_STABILITY_OPT_IN": before}
+    opt_in_to_stable_database_conventions(environ)
+    assert environ["OTEL_SEMCONV_STABILITY_OPT_IN"] == after
 
 
 def test_incoming_traceparent_is_continued_and_returned_in_traceresponse(

@@ -34,7 +34,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,6 +73,8 @@ EXCLUDED_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _ROOT_CONTEXT = Context()  # a server span never inherits ambient context
 # On the link from a new root to the trace context an untrusted caller sent.
 UNTRUSTED_LINK_ATTRIBUTES = {"parity.trace_context": "untrusted_caller"}
+# Read by the instrumentations (opentelemetry.instrumentation._semconv).
+SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +168,25 @@ def start_tracing(settings: Settings) -> Tracing | None:
         return None
 
 
+def opt_in_to_stable_database_conventions(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Have the SQLAlchemy and Redis instrumentations name span attributes by the stable
+    conventions (`db.system.name`, `db.namespace`, `db.query.text`, `db.operation.name`,
+    and `server.address`/`server.port` for the peer) instead of the old ones (`db.system`,
+    `db.name`, `db.statement`, `net.peer.name`): they do only when
+    OTEL_SEMCONV_STABILITY_OPT_IN names `database` (the db.* names) and `http` (the
+    network names, migrated with the HTTP conventions), and read it once per process, at
+    their first use. What the user already chose for either (`database/dup` emits both
+    names while a backend migrates) is kept. No HTTP instrumentation runs here: our
+    server spans are TelemetryMiddleware's, on the stable names already."""
+    modes = [mode.strip() for mode in environ.get(SEMCONV_OPT_IN, "").split(",") if mode.strip()]
+    for signal in ("database", "http"):
+        if not any(mode.split("/")[0] == signal for mode in modes):
+            modes.append(signal)
+    environ[SEMCONV_OPT_IN] = ",".join(modes)
+
+
 def _start(settings: Settings) -> Tracing:
+    opt_in_to_stable_database_conventions()
     provider = TracerProvider(
         resource=Resource.create(_resource_attributes(settings)),
         sampler=_default_sampler(),
