@@ -127,8 +127,10 @@ def describe_error(exc: Exception) -> str:
 
 def classify_error(exc: Exception) -> str:
     if isinstance(exc, httpx.ConnectError):
-        cause = os_error_of(exc)
-        return REFUSED if cause is not None and cause.errno == errno.ECONNREFUSED else "other"
+        # No TCP connection was made, so no request was accepted: ECONNREFUSED from a
+        # closed listener, and, once a container has stopped, EHOSTUNREACH when its
+        # address on the Docker network no longer answers ARP.
+        return REFUSED
     if isinstance(exc, httpx.ConnectTimeout):
         # Never accepted either: no TCP handshake completed. Seen once a container has
         # stopped, when its address on the Docker network answers nothing at all.
