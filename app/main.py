@@ -38,7 +38,7 @@ from app.settings import Settings, load_settings
 from app.telemetry import database as database_telemetry
 from app.telemetry.exposition import router as metrics_router
 from app.telemetry.metrics import APP_INFO
-from app.telemetry.middleware import TelemetryMiddleware
+from app.telemetry.middleware import KNOWN_METHODS, TelemetryMiddleware
 from app.telemetry.multiprocess import is_multiprocess
 from app.telemetry.tracing import FLUSH_SHARE_OF_LIFESPAN_SHUTDOWN, Tracing, start_tracing
 
@@ -146,6 +146,7 @@ def build_middleware(settings: Settings, lifecycle: Lifecycle) -> list[Middlewar
             TelemetryMiddleware,
             metrics_enabled=settings.METRICS_ENABLED,
             access_log_enabled=settings.ACCESS_LOG_ENABLED,
+            known_methods=settings.http_known_methods or KNOWN_METHODS,
         )
     ]
     headers = [

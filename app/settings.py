@@ -33,6 +33,8 @@ PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
 
 _ORIGIN = re.compile(r"https?://[^/\s:]+(:\d{1,5})?")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+# RFC 9110's token: what a method may be.
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
 
 # Values of these variables are never echoed back in an error message or a repr.
 # (RATE_LIMIT_API_KEY_HASHES: hashes are no secret, but a key pasted in their place is.)
@@ -243,6 +245,10 @@ class Settings(BaseSettings):
     # no export thread, no instrumentation, nothing per request). Endpoint, sampler,
     # batch sizes: the other OTEL_* variables, read by the SDK itself.
     OTEL_SDK_DISABLED: bool = False
+    # The HTTP methods that keep their name in metrics and spans (comma-separated, case-
+    # sensitive; the OpenTelemetry conventions' variable): any other is `_OTHER`, so
+    # made-up methods cannot create series. Empty: the nine of RFC 9110 and PATCH.
+    OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS: str = Field("", max_length=1000)
     # Callers whose W3C trace context (`traceparent`: trace id and sampled flag) is
     # continued: addresses or CIDR networks, comma-separated, matched against the client
     # address as seen through FORWARDED_ALLOW_IPS; `*` for every caller. Anyone else's
@@ -339,6 +345,19 @@ class Settings(BaseSettings):
                     "`python -m app.client_identity` prints a key and its digest"
                 )
         return value
+
+    @field_validator("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS")
+    @classmethod
+    def _known_methods_are_tokens(cls, value: str) -> str:
+        for method in _split(value, ","):
+            if not _HTTP_TOKEN.fullmatch(method):
+                raise ValueError(f"{method!r} is not an HTTP method (RFC 9110 token)")
+        return value
+
+    @property
+    def http_known_methods(self) -> frozenset[str] | None:
+        """The methods OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS names, or None: the default."""
+        return frozenset(_split(self.OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS, ",")) or None
 
     @property
     def rate_limit_api_key_hashes(self) -> frozenset[str]:

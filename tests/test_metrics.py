@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from prometheus_client.samples import Sample
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -25,7 +27,6 @@ from app.main import create_app
 from app.settings import Settings
 from app.telemetry import metrics
 from app.telemetry.logging import RateLimitedLog
-from app.telemetry.middleware import UNMATCHED_ROUTE
 from tests.helpers import app_client, create_product, parse_metrics, sample_sum
 
 DURATION_COUNT = "http_server_request_duration_seconds_count"
@@ -116,10 +117,11 @@ async def test_unmatched_paths_and_unknown_methods_cannot_create_series(
     client: httpx.AsyncClient,
 ) -> None:
     """1. 404s on ten different made-up paths and a trailing slash, a made-up method
-    -> one `unmatched` route series and one `_OTHER` method series; the paths appear
-    nowhere."""
+    -> one series without a route (an empty `http_route`, absent to Prometheus, as the
+    conventions omit http.route when there is none) and one `_OTHER` method series; the
+    paths appear nowhere."""
     samples_before = await scrape(client)
-    unmatched = {"http_route": UNMATCHED_ROUTE, "http_request_method": "GET"}
+    unmatched = {"http_route": "", "http_request_method": "GET"}
     before = sample_sum(samples_before, DURATION_COUNT, **unmatched)
     for n in range(10):
         assert (await client.get(f"/wp-admin/{n}/setup.php")).status_code == 404
@@ -130,6 +132,52 @@ async def test_unmatched_paths_and_unknown_methods_cannot_create_series(
     assert sample_sum(samples, DURATION_COUNT, http_request_method="_OTHER") >= 1
     assert not [s for s in samples if "BREW" in s.labels.values()]
     assert not [s for s in samples if any("wp-admin" in v for v in s.labels.values())]
+
+
+async def test_request_durations_carry_the_stable_http_attributes(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A read and a request that fails with an exception -> the duration samples carry
+    url_scheme, network_protocol_version and, for the failure only, error_type (the
+    exception's class): the stable http.server.request.duration's attributes."""
+    app = create_app(make_settings())
+
+    @app.get("/boom-for-metrics")
+    async def boom() -> None:
+        raise LookupError("boom")
+
+    async with LifespanManager(app) as manager:
+        # As Uvicorn, which logs what the app raised: the client gets the 500 answer.
+        transport = httpx.ASGITransport(manager.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/health")).status_code == 200
+            assert (await client.get("/boom-for-metrics")).status_code == 500
+            samples = await scrape(client)
+    ok = {"http_route": "/health", "url_scheme": "http", "network_protocol_version": "1.1"}
+    assert sample_sum(samples, DURATION_COUNT, **ok, error_type="") >= 1
+    failed = {"http_route": "/boom-for-metrics", "http_response_status_code": "500"}
+    assert sample_sum(samples, DURATION_COUNT, **failed, error_type="LookupError") == 1
+
+
+async def test_the_known_methods_can_be_replaced_as_the_conventions_require(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS=GET,PURGE -> PURGE keeps its name, POST
+    (no longer listed) is `_OTHER`; a value that is no method is refused at start."""
+    settings = make_settings(OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS="GET,PURGE")
+    async with app_client(settings) as client:
+        before = await scrape(client)
+        await client.request("PURGE", "/health")
+        await client.post("/health")
+        after = await scrape(client)
+
+    def added(method: str) -> float:
+        now = sample_sum(after, DURATION_COUNT, http_request_method=method)
+        return now - sample_sum(before, DURATION_COUNT, http_request_method=method)
+
+    assert (added("PURGE"), added("POST"), added("_OTHER")) == (1, 0, 1)
+    with pytest.raises(ValidationError, match="not an HTTP method"):
+        make_settings(OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS="GET,NOT A METHOD")
 
 
 async def test_requests_refused_before_routing_count_under_their_route(
@@ -213,8 +261,8 @@ async def test_pool_gauges_wait_time_and_statement_latency(
     assert grew("db_client_operation_duration_seconds_count", db_operation_name="SELECT") >= 1
     assert grew("db_client_connection_wait_time_seconds_count") >= 1
     assert sample_sum(after, "db_client_connection_max") == settings.db_connections_per_worker
-    assert sample_sum(after, "db_client_connection_count", state="used") == 0
-    assert sample_sum(after, "db_client_connection_count", state="idle") >= 1
+    assert sample_sum(after, "db_client_connection_count", db_client_connection_state="used") == 0
+    assert sample_sum(after, "db_client_connection_count", db_client_connection_state="idle") >= 1
 
 
 async def test_pool_exhaustion_is_counted_and_shows_as_used(
@@ -230,15 +278,15 @@ async def test_pool_exhaustion_is_counted_and_shows_as_used(
     try:
         async with engine.connect() as held:
             await held.execute(text("SELECT 1"))
-            assert metrics.DB_CONNECTIONS.labels("used")._value.get() == 1
-            assert metrics.DB_CONNECTIONS.labels("idle")._value.get() == 0
+            assert metrics.DB_CONNECTIONS.labels(metrics.POOL_NAME, "used")._value.get() == 1
+            assert metrics.DB_CONNECTIONS.labels(metrics.POOL_NAME, "idle")._value.get() == 0
             with pytest.raises(PoolTimeoutError):
                 async with engine.connect():
                     pass
         assert metrics.DB_CONNECTION_TIMEOUTS._value.get() == timeouts_before + 1
         assert metrics.DB_CONNECTION_WAIT._sum.get() - waits_before >= 0.2
-        assert metrics.DB_CONNECTIONS.labels("used")._value.get() == 0
-        assert metrics.DB_CONNECTIONS.labels("idle")._value.get() == 1
+        assert metrics.DB_CONNECTIONS.labels(metrics.POOL_NAME, "used")._value.get() == 0
+        assert metrics.DB_CONNECTIONS.labels(metrics.POOL_NAME, "idle")._value.get() == 1
     finally:
         await engine.dispose()
 

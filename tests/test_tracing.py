@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 from app.main import create_app
 from app.settings import Settings
 from app.telemetry.logging import RequestContextFilter
+from app.telemetry.middleware import redacted_query, server_address
 from app.telemetry.tracing import opt_in_to_stable_database_conventions
 from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, free_port
 from tests.conftest import REDIS_URL
@@ -200,6 +201,43 @@ def test_database_and_redis_spans_use_the_stable_semantic_conventions(
     sql = [s for s in children if s.attributes["db.system.name"] == "postgresql"]
     assert all(s.attributes.get("db.namespace") for s in sql), [s.attributes for s in sql]
     assert any("SELECT" in str(s.attributes.get("db.query.text")) for s in sql)
+
+
+def test_the_server_span_names_the_server_and_its_scheme(traced_run: TracedRun) -> None:
+    """server.address and server.port from the Host header, url.scheme, the protocol."""
+    attributes = traced_run.server_span().attributes
+    assert attributes["server.address"] == "127.0.0.1"
+    assert isinstance(attributes["server.port"], int)
+    assert attributes["url.scheme"] == "http"
+    assert attributes["network.protocol.version"] == "1.1"
+
+
+def test_only_the_paging_parameters_keep_their_values_in_url_query() -> None:
+    """Signed URLs' credentials (the conventions' list) and anything else a client sends
+    (a token, say) are REDACTED; the API's own paging parameters are kept."""
+    query = "limit=5&X-Goog-Signature=abc&sig=s3cr3t&token=t0k&cursor=aWQ6MQ&flag"
+    assert redacted_query(query) == (
+        "limit=5&X-Goog-Signature=REDACTED&sig=REDACTED&token=REDACTED&cursor=aWQ6MQ&flag"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "scheme", "expected"),
+    [
+        ("shop.example:8443", "https", ("shop.example", 8443)),
+        ("shop.example", "https", ("shop.example", 443)),
+        ("[::1]:8000", "http", ("::1", 8000)),
+        ("[::1]", "http", ("::1", 80)),
+        ("host:99999999", "http", ("host", 80)),
+        (None, "http", ("10.0.0.5", 8000)),
+    ],
+)
+def test_server_address_comes_from_the_host_header_else_the_socket(
+    host: str | None, scheme: str, expected: tuple[str, int]
+) -> None:
+    scope = {"scheme": scheme, "server": ("10.0.0.5", 8000)}
+    attributes = server_address(host, scope)
+    assert (attributes["server.address"], attributes["server.port"]) == expected
 
 
 @pytest.mark.parametrize(

@@ -25,13 +25,15 @@ from app.telemetry.metrics import (
     DB_CONNECTIONS_MAX,
     DB_CONNECTIONS_OVERFLOW,
     DB_OPERATION_DURATION,
+    POOL_NAME,
 )
 
 logger = logging.getLogger(__name__)
 _errors = RateLimitedLog(logger, interval=60.0)
 
-_USED = DB_CONNECTIONS.labels("used")
-_IDLE = DB_CONNECTIONS.labels("idle")
+_USED = DB_CONNECTIONS.labels(POOL_NAME, "used")
+_IDLE = DB_CONNECTIONS.labels(POOL_NAME, "idle")
+_MAX = DB_CONNECTIONS_MAX.labels(POOL_NAME)
 
 # Statement kinds worth their own latency series; anything else is OTHER, so the label
 # stays bounded whatever SQL runs.
@@ -78,7 +80,7 @@ class MeteredPool(AsyncAdaptedQueuePool):
         a metrics failure must not fail a checkout."""
         try:
             if capacity is not None:
-                DB_CONNECTIONS_MAX.set(capacity)
+                _MAX.set(capacity)
             if waited is not None:
                 DB_CONNECTION_WAIT.observe(waited)
             _USED.set(self.checkedout())

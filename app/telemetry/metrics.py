@@ -36,34 +36,48 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 # OpenTelemetry's recommended boundaries for http.server.request.duration.
 HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
+# The attributes of OpenTelemetry's stable http.server.request.duration, as labels.
 # http_route is the route template (`/api/v1/products/{product_id}`), never the raw
-# path; requests no route matched (404s, slash redirects) share UNMATCHED_ROUTE.
+# path, and empty (absent, to Prometheus) when no route matched (404s); error_type is
+# the status code of a 5xx or the exception's class, else empty.
 HTTP_REQUEST_DURATION = Histogram(
     "http_server_request_duration_seconds",
     "Duration of HTTP server requests, from the first byte seen to the last byte sent.",
-    ["http_request_method", "http_route", "http_response_status_code"],
+    [
+        "http_request_method",
+        "http_route",
+        "http_response_status_code",
+        "url_scheme",
+        "network_protocol_version",
+        "error_type",
+    ],
     buckets=HTTP_DURATION_BUCKETS,
 )
 
 HTTP_ACTIVE_REQUESTS = Gauge(
     "http_server_active_requests",
     "HTTP requests being served right now.",
-    ["http_request_method"],
+    ["http_request_method", "url_scheme"],
     multiprocess_mode="livesum",
 )
 
 # --- Postgres connection pool (app/telemetry/database.py) ----------------------------
 
+# Label names as the OpenTelemetry conventions name the attributes
+# (db.client.connection.pool.name, db.client.connection.state). The app has one pool,
+# POOL_NAME; its state is "used" (checked out) or "idle".
+POOL_NAME = "postgres"
 DB_CONNECTIONS = Gauge(
     "db_client_connection_count",
     "Open pooled Postgres connections by state: used (checked out) or idle.",
-    ["state"],
+    ["db_client_connection_pool_name", "db_client_connection_state"],
     multiprocess_mode="livesum",
 )
 
 DB_CONNECTIONS_MAX = Gauge(
     "db_client_connection_max",
     "Most connections the pools may open (pool size + max overflow, summed over workers).",
+    ["db_client_connection_pool_name"],
     multiprocess_mode="livesum",
 )
 

@@ -53,7 +53,8 @@ _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # series for all of them, however many paths scanners try.
 UNMATCHED_ROUTE = "unmatched"
 # Methods outside this set are labelled _OTHER (OpenTelemetry's rule), so a client
-# sending made-up methods cannot create series.
+# sending made-up methods cannot create series. OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS
+# (comma-separated, case-sensitive) replaces it, as the conventions require.
 KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
 )
@@ -88,13 +89,19 @@ class _Exchange:
 
 class TelemetryMiddleware:
     def __init__(
-        self, app: ASGIApp, *, metrics_enabled: bool = True, access_log_enabled: bool = True
+        self,
+        app: ASGIApp,
+        *,
+        metrics_enabled: bool = True,
+        access_log_enabled: bool = True,
+        known_methods: frozenset[str] = KNOWN_METHODS,
     ) -> None:
         self.app = app
         self._metrics_enabled = metrics_enabled
         self._access_log_enabled = access_log_enabled
-        self._durations: dict[tuple[str, str, int], Any] = {}
-        self._active: dict[str, Any] = {}
+        self._known_methods = known_methods
+        self._durations: dict[tuple[str, str, int, str, str, str], Any] = {}
+        self._active: dict[tuple[str, str], Any] = {}
         self._endpoint_routes: dict[Any, str] = {}
         self._route_patterns: list[tuple[re.Pattern[str], str, frozenset[str]]] | None = None
         self._errors = RateLimitedLog(logger, interval=60.0)
@@ -124,14 +131,14 @@ class TelemetryMiddleware:
 
     def _begin(self, scope: Scope) -> _Exchange:
         method: str = scope["method"]
-        exchange = _Exchange(method if method in KNOWN_METHODS else "_OTHER")
+        exchange = _Exchange(method if method in self._known_methods else "_OTHER")
         try:
             state = scope.get("state")
             tracing: Tracing | None = state.get("tracing") if state else None
             carrier = self._read_headers(scope, exchange, tracing)
             exchange.request_id_token = REQUEST_ID.set(exchange.request_id)
             if self._metrics_enabled:
-                self._active_requests(exchange.method).inc()
+                self._active_requests(exchange.method, scope).inc()
             if tracing is not None:
                 self._start_span(scope, exchange, tracing, carrier)
         except Exception as exc:
@@ -184,10 +191,11 @@ class TelemetryMiddleware:
         if span.is_recording():
             span.set_attributes(_request_attributes(scope, method, exchange.user_agent))
 
-    def _active_requests(self, method: str) -> Any:
-        child = self._active.get(method)
+    def _active_requests(self, method: str, scope: Scope) -> Any:
+        key = (method, scope.get("scheme", "http"))
+        child = self._active.get(key)
         if child is None:
-            child = self._active[method] = HTTP_ACTIVE_REQUESTS.labels(method)
+            child = self._active[key] = HTTP_ACTIVE_REQUESTS.labels(*key)
         return child
 
     # --- response start --------------------------------------------------------------
@@ -216,8 +224,8 @@ class TelemetryMiddleware:
             status = exchange.status or 500
             route = self._route(scope)
             if self._metrics_enabled:
-                self._active_requests(exchange.method).dec()
-                self._duration(exchange.method, route, status).observe(duration)
+                self._active_requests(exchange.method, scope).dec()
+                self._duration(exchange, scope, route, status).observe(duration)
             if exchange.span is not None:
                 _end_span(exchange.span, exchange.method, route, status, exchange.error)
             if (
@@ -238,11 +246,20 @@ class TelemetryMiddleware:
                 if exchange.request_id_token is not None:
                     REQUEST_ID.reset(exchange.request_id_token)
 
-    def _duration(self, method: str, route: str, status: int) -> Any:
-        key = (method, route, status)
+    def _duration(self, exchange: _Exchange, scope: Scope, route: str, status: int) -> Any:
+        key = (
+            exchange.method,
+            "" if route == UNMATCHED_ROUTE else route,
+            status,
+            scope.get("scheme", "http"),
+            scope.get("http_version", "1.1"),
+            _error_type(status, exchange.error),
+        )
         child = self._durations.get(key)
         if child is None:
-            child = self._durations[key] = HTTP_REQUEST_DURATION.labels(method, route, str(status))
+            method, template, _, scheme, version, error = key
+            labels = (method, template, str(status), scheme, version, error)
+            child = self._durations[key] = HTTP_REQUEST_DURATION.labels(*labels)
         return child
 
     def _route(self, scope: Scope) -> str:
@@ -344,11 +361,58 @@ def _request_attributes(scope: Scope, method: str, user_agent: str | None) -> di
     }
     if method == "_OTHER":
         attributes["http.request.method_original"] = scope["method"]
+    if query := scope.get("query_string"):
+        attributes["url.query"] = redacted_query(query.decode("latin-1"))
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    attributes.update(server_address(host.decode("latin-1") if host else None, scope))
     if client := scope.get("client"):
         attributes["client.address"] = client[0]
     if user_agent:
         attributes["user_agent.original"] = user_agent
     return attributes
+
+
+# url.query keeps the values of these parameters only, the API's own paging ones: any
+# other value is REDACTED. The conventions ask to redact signed URLs' credentials
+# (AWSAccessKeyId, Signature, sig, X-Goog-Signature); we go further, because a client
+# may put a token or a password in any parameter, and no secret may reach a span.
+KEPT_QUERY_PARAMETERS = frozenset({"limit", "cursor"})
+
+
+def redacted_query(query: str) -> str:
+    """`query` with every value but those of KEPT_QUERY_PARAMETERS as REDACTED."""
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        parts.append(part if not equals or name in KEPT_QUERY_PARAMETERS else f"{name}=REDACTED")
+    return "&".join(parts)
+
+
+def server_address(host: str | None, scope: Scope) -> dict[str, Any]:
+    """server.address and server.port: from the Host header the client sent, else the
+    socket the request came in on."""
+    default_port = 443 if scope.get("scheme") == "https" else 80
+    if host:
+        name, port = host, ""
+        if host.startswith("["):  # [IPv6]:port
+            name, _, rest = host[1:].partition("]")
+            port = rest.removeprefix(":")
+        elif host.count(":") == 1:
+            name, _, port = host.partition(":")
+        number = int(port) if port.isdigit() and len(port) <= 5 else default_port
+        return {"server.address": name, "server.port": number}
+    server = scope.get("server")
+    if server and server[1] is not None:
+        return {"server.address": server[0], "server.port": server[1]}
+    return {}
+
+
+def _error_type(status: int, error: BaseException | None) -> str:
+    """OpenTelemetry's error.type: the exception's class, or the status code of a 5xx;
+    empty for a request that did not fail."""
+    if error is not None:
+        return type(error).__qualname__
+    return str(status) if status >= 500 else ""
 
 
 def _end_span(
@@ -360,7 +424,7 @@ def _end_span(
             span.set_attribute("http.route", route)
         span.set_attribute("http.response.status_code", status)
         if status >= 500 or error is not None:
-            span.set_attribute("error.type", type(error).__qualname__ if error else str(status))
+            span.set_attribute("error.type", _error_type(status, error))
             span.set_status(trace.StatusCode.ERROR)
     span.end()
 

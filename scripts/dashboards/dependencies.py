@@ -25,6 +25,10 @@ WAIT_BUCKET = "db_client_connection_wait_time_seconds_bucket"
 QUERY_BUCKET = "db_client_operation_duration_seconds_bucket"
 
 
+# The pool gauge's state label, named after db.client.connection.state.
+STATE = "db_client_connection_state"
+
+
 def pool_row() -> list[object]:
     return [
         graph(
@@ -33,8 +37,8 @@ def pool_row() -> list[object]:
             "workers of each instance; max = workers × (DB_POOL_SIZE + DB_MAX_OVERFLOW).",
             "short",
             prom(
-                f"sum by (instance, state) (db_client_connection_count{{{API}}})",
-                "{{state}} {{instance}}",
+                f"sum by (instance, {STATE}) (db_client_connection_count{{{API}}})",
+                f"{{{{{STATE}}}}} {{{{instance}}}}",
             ),
             prom(
                 f"sum by (instance) (db_client_connection_max{{{API}}})",
@@ -48,7 +52,7 @@ def pool_row() -> list[object]:
             "at 100 % requests wait, then get 503 after DB_POOL_TIMEOUT_SECONDS.",
             "percentunit",
             prom(
-                f'sum by (instance) (db_client_connection_count{{{API}, state="used"}}) '
+                f'sum by (instance) (db_client_connection_count{{{API}, {STATE}="used"}}) '
                 f"/ sum by (instance) (db_client_connection_max{{{API}}})",
                 "{{instance}}",
             ),
