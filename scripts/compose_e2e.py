@@ -493,7 +493,7 @@ class E2E:
             if exit_after is None or exit_after > STOP_GRACE_SECONDS:
                 problems.append(f"exit after {exit_after} s (grace {STOP_GRACE_SECONDS} s)")
             if code != 0 or problems:
-                raise CheckFailed(f"exit {code}: {'; '.join(problems)}")
+                raise CheckFailed(f"exit {code}: {'; '.join(problems)}" + examples(data))
             return (
                 f"{requests['in_flight_at_signal']} in flight at SIGTERM, "
                 f"{requests['completed_ok']} OK, {requests['lost']} lost, "
@@ -505,7 +505,8 @@ class E2E:
             code, data = signalled("HUP")
             requests, reload = data["requests"], data["reload"]
             if code != 0:
-                raise CheckFailed(f"exit {code}: {'; '.join(data['verdict']['reasons'])}")
+                reasons = "; ".join(data["verdict"]["reasons"])
+                raise CheckFailed(f"exit {code}: {reasons}" + examples(data))
             return (
                 f"{requests['in_flight_at_signal']} in flight, {requests['lost']} lost, "
                 f"{requests['refused']} refused; workers {reload['old_workers']} -> "
@@ -726,6 +727,12 @@ class E2E:
             return "no container, volume or network of the project left"
 
         self.check("docker compose down -v leaves nothing", nothing_left)
+
+
+def examples(report: dict[str, Any]) -> str:
+    """The shutdown report's failure examples, one a line, to show under a failed check."""
+    found = report.get("failure_examples") or {}
+    return "".join(f"\n  e.g. {e}" for kind in found.values() for e in kind)
 
 
 class WatchProof:
