@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -82,3 +83,29 @@ def run_script(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[
     return subprocess.run(
         [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_gunicorn(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`gunicorn app.main:app -c gunicorn.conf.py` with exactly `env`, for a start that
+    must be refused (it returns when Gunicorn exits); output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "gunicorn", "app.main:app", "-c", "gunicorn.conf.py"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def wait_until_answers(
+    url: str, *, timeout: float, process: subprocess.Popen[Any] | None = None
+) -> None:
+    """Poll `url` until it answers 200; fail at once if `process` (the server) exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer 200 within {timeout:.0f} s")

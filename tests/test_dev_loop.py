@@ -16,20 +16,9 @@ import pytest
 
 from scripts.stack import REPO_ROOT, delete_redis_prefix, drop_database, free_port
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
+from tests.helpers import wait_until_answers
 
 STARTED = re.compile(r"Started server process \[(\d+)\]")
-
-
-def wait_for_health(base_url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{base_url}/health did not answer within {timeout:.0f} s")
 
 
 def started_pids(log: Path) -> list[str]:
@@ -55,7 +44,7 @@ def test_make_dev_restarts_the_api_when_a_file_under_app_changes(tmp_path: Path)
         )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_health(base_url)
+        wait_until_answers(f"{base_url}/health", timeout=60)
         assert httpx.get(f"{base_url}/api/v1/products/20", timeout=5).status_code == 200
         first = started_pids(log)
         assert len(first) == 1, log.read_text()
@@ -64,7 +53,7 @@ def test_make_dev_restarts_the_api_when_a_file_under_app_changes(tmp_path: Path)
         while len(started_pids(log)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert started_pids(log)[-1] != first[0], log.read_text()[-2000:]
-        wait_for_health(base_url)
+        wait_until_answers(f"{base_url}/health", timeout=60)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)

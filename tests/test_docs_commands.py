@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
@@ -39,6 +38,7 @@ from scripts.stack import (
     free_port,
 )
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
+from tests.helpers import wait_until_answers
 
 DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 SHELL_BLOCK = re.compile(r"```sh\n(.*?)```", re.DOTALL)
@@ -201,7 +201,13 @@ def make_run() -> Iterator[MakeRun]:
     )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(base_url, process, log)
+        try:
+            wait_until_answers(f"{base_url}/ready", timeout=120, process=process)
+        except AssertionError as exc:
+            log.seek(0)
+            raise AssertionError(
+                f"make run: {exc}\n{log.read().decode(errors='replace')[-3000:]}"
+            ) from None
         yield MakeRun(base_url, env)
     finally:
         try:
@@ -225,22 +231,6 @@ def stop_process_group(process: subprocess.Popen[bytes]) -> None:
             return
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
-
-
-def wait_until_ready(base_url: str, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            output = log.read().decode(errors="replace")[-3000:]
-            raise AssertionError(f"make run exited {process.returncode}:\n{output}")
-        try:
-            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("make run did not become ready within 120 s")
 
 
 def test_make_run_serves_what_the_readme_shows(make_run: MakeRun) -> None:

@@ -12,6 +12,7 @@ import pytest
 from app.settings import Settings, load_settings
 from app.worker import available_cpus, cgroup_cpu_limit, default_workers
 from scripts.stack import REPO_ROOT
+from tests.helpers import run_gunicorn
 
 
 def test_defaults_describe_a_local_stack(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,15 +188,7 @@ def test_request_timeout_must_fit_in_the_shutdown_budget() -> None:
 def test_gunicorn_refuses_to_start_on_a_bad_value() -> None:
     """1. GUNICORN_WORKERS=abc  2. gunicorn started  -> exit 2, one line, no traceback."""
     env = {**os.environ, "GUNICORN_WORKERS": "abc", "GUNICORN_BIND": "127.0.0.1:8999"}
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "app.main:app", "-c", "gunicorn.conf.py"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_gunicorn(env, timeout=30)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "invalid configuration: GUNICORN_WORKERS='abc': "

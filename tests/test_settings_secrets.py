@@ -22,6 +22,7 @@ import app.settings
 from app.settings import SECRET_FIELDS, SecretsDirError, Settings, load_settings
 from scripts.stack import REPO_ROOT
 from tests.deploy_tools import compose_cli, run_tool
+from tests.helpers import run_gunicorn
 
 FILE_URL = "postgresql+asyncpg://parity:from-a-file@db.example:5432/parity"
 ENV_URL = "postgresql+asyncpg://parity:from-the-env@db.example:5432/parity"
@@ -220,15 +221,7 @@ def test_gunicorn_reads_the_database_url_from_a_file(tmp_path: Path) -> None:
         "SECRETS_DIR": str(directory),
         "GUNICORN_BIND": "127.0.0.1:8999",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "app.main:app", "-c", "gunicorn.conf.py"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_gunicorn(env, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "invalid configuration: DATABASE_URL: driver must be postgresql+asyncpg (got 'mysql')"
