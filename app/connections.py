@@ -30,7 +30,6 @@ The registry works on asyncio transports and is used from the event loop only.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import select
 import time
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from enum import Enum
 from itertools import islice
 
-from app.proxy_trust import trusted_networks
+from app.proxy_trust import parse_address, trusted_networks, within
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +67,11 @@ class PeerTrust:
         peer that is not capped (a trusted proxy, a Unix-socket peer)."""
         if peer_host is None or self.networks is None:
             return None
-        try:
-            address = ipaddress.ip_address(peer_host.partition("%")[0])
-        except ValueError:
+        # A dual-stack listener's IPv4 client (IPv4-mapped) counts as its IPv4 address.
+        address = parse_address(peer_host)
+        if address is None:
             return peer_host  # not an IP (never seen from a TCP socket): count it as is
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # a dual-stack listener's IPv4 client
-        if any(address in network for network in self.networks):
-            return None
-        return str(address)
+        return None if within(address, self.networks) else str(address)
 
 
 def has_unread_bytes(transport: asyncio.BaseTransport) -> bool:

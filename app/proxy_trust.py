@@ -151,13 +151,14 @@ def forwarded_client(x_forwarded_for: str, networks: tuple[Network, ...] | None)
         address = parse_address(entry)
         if address is None:
             return None
-        if not _within(address, networks):
+        if not within(address, networks):
             return str(address)
     # Every entry is a trusted proxy: the client was one of them.
     return str(address) if address is not None else None
 
 
-def _within(address: Address, networks: tuple[Network, ...]) -> bool:
+def within(address: Address, networks: tuple[Network, ...]) -> bool:
+    """Whether `address` is in one of `networks`."""
     return any(address in network for network in networks)
 
 
@@ -167,7 +168,7 @@ def is_trusted(host: str | None, networks: tuple[Network, ...] | None) -> bool:
     if networks is None:
         return True
     address = parse_address(host) if host else None
-    return address is not None and _within(address, networks)
+    return address is not None and within(address, networks)
 
 
 class ForwardedHeadersMiddleware:
