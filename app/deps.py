@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.autopipeline import AutoPipeline
 from app.breaker import CircuitBreaker
 from app.cache import VersionedCache
+from app.client_identity import ClientIdentifier
 from app.db import is_unavailable
 from app.settings import Settings
 
@@ -34,6 +35,8 @@ class Resources:
     redis_breaker: CircuitBreaker
     # `redis` with implicit pipelining, for the rate limiter's per-request command.
     redis_pipeline: AutoPipeline
+    # Who a request's client is (the settings' key header and key hashes, read once).
+    clients: ClientIdentifier
 
 
 def get_resources(request: Request) -> Resources:

@@ -23,6 +23,7 @@ from app.autopipeline import AutoPipeline
 from app.breaker import CircuitBreaker
 from app.cache import VersionedCache, create_redis
 from app.catalog.routes import router as catalog_router
+from app.client_identity import ClientIdentifier
 from app.deps import Resources
 from app.docs_ui import install_docs
 from app.errors import document_problem_responses, install_error_handlers
@@ -76,7 +77,10 @@ async def open_resources(
     )
     sessionmaker = db.create_sessionmaker(engine)
     pipeline = AutoPipeline(redis)
-    return Resources(settings, engine, sessionmaker, redis, product_cache, breaker, pipeline)
+    clients = ClientIdentifier(settings)
+    return Resources(
+        settings, engine, sessionmaker, redis, product_cache, breaker, pipeline, clients
+    )
 
 
 async def report_dependencies(resources: Resources) -> None:

@@ -5,7 +5,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Request, Response, status
 
-from app.client_identity import ClientIdentifier
 from app.deps import ResourcesDep, SessionDep
 from app.errors import problem_responses
 from app.orders import service
@@ -52,7 +51,7 @@ async def place_order(
     if idempotency_key is not None:
         settings = resources.settings
         idempotency = service.IdempotencyKey(
-            client=ClientIdentifier(settings).identify(request.scope),
+            client=resources.clients.identify(request.scope),
             key=idempotency_key,
             ttl=timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS),
         )
