@@ -151,11 +151,11 @@ def say(message: str) -> None:
 
 
 def run(command: list[str], *, timeout: float = 600, env: dict[str, str] | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    """Run a command from the repository root with this run's compose variables."""
+        check: bool = True, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """Run a command (from the repository root) with this run's compose variables."""
     result = subprocess.run(
         command,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
@@ -757,14 +757,7 @@ class WatchProof:
         }
 
     def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            ["docker", "compose", *args], cwd=self.directory, env=self.env,
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )  # fmt: skip
-        if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
-            raise CheckFailed(f"`docker compose {args[0]}` exited {result.returncode}:\n{tail}")
-        return result
+        return run(["docker", "compose", *args], timeout=timeout, env=self.env, cwd=self.directory)
 
     def run(self) -> str:
         shutil.copytree(REPO_ROOT, self.directory, dirs_exist_ok=True,

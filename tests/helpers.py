@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -109,3 +111,19 @@ def wait_until_answers(
             pass
         time.sleep(0.3)
     raise AssertionError(f"{url} did not answer 200 within {timeout:.0f} s")
+
+
+def stop_process_group(process: subprocess.Popen[Any]) -> None:
+    """TERM to `process` and everything it started in its session (start_new_session):
+    wait until every one of them is gone (a `make` or a reloader exits at once, the
+    server it started drains), then KILL what is left."""
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from scripts.stack import REPO_ROOT, delete_redis_prefix, drop_database, free_port
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
-from tests.helpers import wait_until_answers
+from tests.helpers import stop_process_group, wait_until_answers
 
 STARTED = re.compile(r"Started server process \[(\d+)\]")
 
@@ -55,7 +54,8 @@ def test_make_dev_restarts_the_api_when_a_file_under_app_changes(tmp_path: Path)
         assert started_pids(log)[-1] != first[0], log.read_text()[-2000:]
         wait_until_answers(f"{base_url}/health", timeout=60)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        delete_redis_prefix(REDIS_URL, prefix)
-        drop_database(database_url)
+        try:
+            stop_process_group(process)
+        finally:
+            delete_redis_prefix(REDIS_URL, prefix)
+            drop_database(database_url)

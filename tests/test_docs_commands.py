@@ -19,10 +19,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ from scripts.stack import (
     free_port,
 )
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
-from tests.helpers import wait_until_answers
+from tests.helpers import stop_process_group, wait_until_answers
 
 DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 SHELL_BLOCK = re.compile(r"```sh\n(.*?)```", re.DOTALL)
@@ -216,21 +214,6 @@ def make_run() -> Iterator[MakeRun]:
             log.close()
             delete_redis_prefix(REDIS_URL, env["REDIS_KEY_PREFIX"])
             drop_database(database_url)
-
-
-def stop_process_group(process: subprocess.Popen[bytes]) -> None:
-    """TERM to make and the Gunicorn it started (one process group); wait until every
-    one of them is gone (make exits at once, Gunicorn drains), then KILL what is left."""
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=60)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_make_run_serves_what_the_readme_shows(make_run: MakeRun) -> None:
