@@ -13,12 +13,14 @@ ARG PYTHON_IMAGE=python:3.12.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 COPY requirements.txt /tmp/requirements.txt
-# --no-deps: requirements.txt is a complete lock (pip-compile), nothing unpinned gets in;
-# `pip check` then proves the lock is complete for this Python. pip itself is removed
-# afterwards: the runtime installs nothing (15 MB less, one tool fewer to exploit).
+# requirements.txt is a complete lock with hashes (`make lock` exports it from
+# pyproject.toml): --require-hashes refuses any file whose sha256 differs from the one
+# recorded, --no-deps lets nothing unpinned in, and `pip check` proves the lock is
+# complete for this Python. pip itself is removed afterwards: the runtime installs
+# nothing (15 MB less, one tool fewer to exploit).
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
-        --only-binary=:all: --no-deps -r /tmp/requirements.txt \
+        --require-hashes --only-binary=:all: --no-deps -r /tmp/requirements.txt \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 

@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help venv services run dev test lint audit format lock clean dashboards verify-dashboards tools images-offline e2e up up-offline down logs verify-shutdown rollout
+.PHONY: help venv services run dev test lint audit format lock lock-check clean dashboards verify-dashboards tools images-offline e2e up up-offline down logs verify-shutdown rollout
 
 .PHONY: loadtest tune demo
 
@@ -56,8 +56,11 @@ audit: venv ## pip-audit the pinned requirements (says so when it could not chec
 format: venv ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-lock: venv ## re-pin requirements*.txt from requirements*.in
-	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.txt requirements.in && $(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-dev.txt requirements-dev.in
+lock: venv ## re-export requirements*.txt (pinned, with hashes) from pyproject.toml with uv
+	$(BIN)/python scripts/lock.py
+
+lock-check: venv ## fail when requirements*.txt are not what pyproject.toml exports (CI runs it)
+	$(BIN)/python scripts/lock.py --check
 
 dashboards: venv ## regenerate observability/grafana/dashboards/*.json from scripts/dashboards/
 	$(BIN)/python scripts/grafana_dashboards.py

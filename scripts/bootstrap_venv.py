@@ -3,20 +3,31 @@
     python3 scripts/bootstrap_venv.py .venv
 
 Checks the Python version first, so an old interpreter fails with a message rather
-than halfway through an install.
+than halfway through an install. Then pip installs the pinned uv (hash-checked) and uv
+makes the venv exactly requirements-dev.txt, the development lock exported from
+pyproject.toml by `make lock` (docs/dependencies.md).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import venv
 from pathlib import Path
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.uv_settings import uv_environment
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEV_LOCK = REPO_ROOT / "requirements-dev.txt"
+SUMMARY_LINES = ("Resolved", "Prepared", "Uninstalled", "Installed", "Audited", "warning")
 SUPPORTED = ((3, 11), (3, 12))
 
 
@@ -59,42 +70,64 @@ def main() -> int:
     if not (target / "bin" / "python").exists():
         print(f"creating {target} with Python {sys.version.split()[0]}", file=sys.stderr)
         venv.create(target, with_pip=True)
-    files = [REPO_ROOT / "requirements.txt", REPO_ROOT / "requirements-dev.txt"]
-    return install(target, files)
+    if (status := install_uv(target)) != 0:
+        return status
+    return sync(target)
 
 
-def pinned_count(files: list[Path]) -> int:
-    return len(
-        {line.split("==")[0] for path in files for line in path.read_text().splitlines()
-         if "==" in line and not line.lstrip().startswith("#")}
-    )  # fmt: skip
+def pinned_block(lock: Path, package: str) -> str:
+    """The lock's lines for one package: its pin and the hash lines continuing it."""
+    block: list[str] = []
+    for line in lock.read_text().splitlines():
+        if line.startswith(f"{package}==") or (block and block[-1].endswith("\\")):
+            block.append(line)
+        elif block:
+            break
+    if not block:
+        raise SystemExit(f"error: {lock.name} pins no {package}; run `make lock`")
+    return "\n".join(block) + "\n"
 
 
-def install(target: Path, files: list[Path]) -> int:
-    """pip install the pinned files, with a progress line every 25 packages instead of
-    minutes of silence (or pip's hundreds of lines); pip's own output on failure."""
-    total = pinned_count(files)
-    print(f"installing {total} pinned packages into {target} (minutes the first time)",
+def install_uv(target: Path) -> int:
+    """pip installs the pinned uv, hash-checked like everything after it."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="uv-pin-") as pin:
+        pin.write(pinned_block(DEV_LOCK, "uv"))
+        pin.flush()
+        pip = [str(target / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+        command = [*pip, "install", "--quiet", "--require-hashes", "--no-deps", "-r", pin.name]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+    return result.returncode
+
+
+def sync(target: Path) -> int:
+    """Make the venv exactly the development lock (runtime + every dependency group):
+    `uv pip sync` installs what is missing, removes what is not pinned, checks every
+    hash. Its summary lines (resolved, prepared, installed: a count and a time each) are
+    the progress, as the whole sync takes seconds; its full output only on failure."""
+    python = str(target / "bin" / "python")
+    print(f"syncing {target} with {DEV_LOCK.name} ({pinned_count(DEV_LOCK)} pinned packages)",
           file=sys.stderr, flush=True)  # fmt: skip
-    command = [str(target / "bin" / "python"), "-m", "pip", "--disable-pip-version-check",
-               "install", "--progress-bar", "off"]  # fmt: skip
-    for path in files:
-        command += ["-r", str(path)]
-    started, seen, output = time.monotonic(), 0, []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as process:  # fmt: skip
+    started, output = time.monotonic(), []
+    command = [str(target / "bin" / "uv"), "pip", "sync", "--python", python,
+               "--require-hashes", str(DEV_LOCK)]  # fmt: skip
+    with subprocess.Popen(command, env=uv_environment(python), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as process:  # fmt: skip
         assert process.stdout is not None
         for line in process.stdout:
             output.append(line)
-            if line.startswith(("Collecting ", "Requirement already satisfied")):
-                seen += 1
-                if seen % 25 == 0:
-                    print(f"  {seen} of {total} …", file=sys.stderr, flush=True)
+            if line.startswith(SUMMARY_LINES):
+                print("  " + line.rstrip(), file=sys.stderr, flush=True)
     if process.returncode != 0:
         sys.stderr.write("".join(output[-40:]))
         return process.returncode
-    print(f"  all {total} installed in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    print(f"  in sync after {time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0
+
+
+def pinned_count(lock: Path) -> int:
+    return sum(1 for line in lock.read_text().splitlines() if re.match(r"[A-Za-z0-9_.-]+==", line))
 
 
 if __name__ == "__main__":

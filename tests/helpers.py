@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -64,6 +66,13 @@ def create_product_sync(base_url: str, **fields: Any) -> dict[str, Any]:
     assert response.status_code == 201, response.text
     product: dict[str, Any] = response.json()
     return product
+
+
+def pinned_version(lock: Path, package: str) -> str:
+    """The version a requirements lock pins, e.g. "0.26.0" for prometheus-client."""
+    found = re.search(rf"^{re.escape(package)}==([^\s;\\]+)", lock.read_text(), re.M)
+    assert found, f"{lock.name} pins no {package}"
+    return found.group(1)
 
 
 def parse_metrics(text: str) -> list[Sample]:

@@ -41,6 +41,7 @@ from scripts.stack import (
 from scripts.tune_workers import Point, recommend, top_pids
 from scripts.verify_dashboards import NATIVE_DROPPED_JOBS, Check, check_all, pending_problems
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
+from tests.helpers import pinned_version
 
 # More ids than one 1 s benchmark measure reads (~1,300 on this machine): the uncached
 # reads walk them once, so every one of them misses the cache.
@@ -433,16 +434,11 @@ UID     PID    PPID   C  STIME  TTY  TIME      CMD
 def test_compose_locust_image_has_the_exporter_dependency_at_the_api_version() -> None:
     """The compose `locust` service runs with --prometheus-port, which needs
     prometheus_client: its image installs the same version as requirements.txt."""
-    pinned = next(
-        line.strip()
-        for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
-        if line.startswith("prometheus-client==")
-    )
+    exporter = pinned_version(REPO_ROOT / "requirements.txt", "prometheus-client")
     dockerfile = (REPO_ROOT / "docker" / "locust" / "Dockerfile").read_text()
-    assert f"pip install --no-cache-dir {pinned}" in dockerfile
-    requirements_dev = (REPO_ROOT / "requirements-dev.txt").read_text()
-    locust = next(line for line in requirements_dev.splitlines() if line.startswith("locust=="))
-    assert f"locustio/locust:{locust.split('==')[1]}" in dockerfile
+    assert f"pip install --no-cache-dir prometheus-client=={exporter}" in dockerfile
+    locust = pinned_version(REPO_ROOT / "requirements-dev.txt", "locust")
+    assert f"locustio/locust:{locust}" in dockerfile
 
 
 @pytest.mark.gunicorn
