@@ -3,12 +3,12 @@
 # Two stages on the same base: `builder` installs the pinned requirements.txt into a
 # virtualenv, `runtime` copies only that venv and the app. No compiler, package manager
 # cache or test file reaches the runtime image; every dependency is installed from a
-# wheel (--only-binary), so a build never needs one. docs/deployment.md explains each
+# wheel (--only-binary), so a build never needs one. docs/docker.md explains each
 # choice and the expected size (~235 MB on disk, ~80 MB to pull, on python:3.12-slim).
 #
-# The base is a build argument so that CI can smoke-build this exact file offline
-# against a local stand-in base (scripts/podman_smoke.py); any image with python3 and
-# its venv module works.
+# The base is a build argument so that CI can build this exact file offline against a
+# local stand-in base (scripts/offline_images.py, the compose e2e); any image with
+# python3 and its venv module works.
 ARG PYTHON_IMAGE=python:3.12.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder

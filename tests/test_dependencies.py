@@ -18,6 +18,7 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from app import __version__
 from scripts.stack import REPO_ROOT
 from tests.helpers import pinned_version
 
@@ -148,3 +149,13 @@ def test_private_api_leans_are_bounded_where_they_are_declared() -> None:
     assert not bounded["uvicorn"].contains("0.55.0")
     assert pinned_version(RUNTIME_LOCK, "prometheus-client") in bounded["prometheus-client"]
     assert not bounded["prometheus-client"].contains("0.27.0")
+
+
+def test_the_version_is_the_same_wherever_it_is_written() -> None:
+    """pyproject.toml, app.__version__ (OpenAPI, app_info, service.version) and the image
+    tag the k8s base deploys."""
+    project = pyproject()["project"]
+    assert isinstance(project, dict)
+    kustomization = (REPO_ROOT / "k8s" / "kustomization.yaml").read_text()
+    (tag,) = re.findall(r"^\s*newTag:\s*(\S+)", kustomization, re.M)
+    assert project["version"] == __version__ == tag

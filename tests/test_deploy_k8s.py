@@ -277,6 +277,8 @@ def test_rollouts_and_disruptions_keep_capacity() -> None:
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     hpa = resource("HorizontalPodAutoscaler", "parity-api")
     assert hpa["spec"]["minReplicas"] >= 2
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
     pdb = resource("PodDisruptionBudget", "parity-api")
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
     service = resource("Service", "parity-api")

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from app import db
+from app import __version__, db
 from app.main import create_app
 from app.settings import Settings
 from app.telemetry import metrics
@@ -68,7 +68,7 @@ async def test_metrics_endpoint_serves_every_contract_metric(client: httpx.Async
     for name, kind in CONTRACT_METRICS.items():
         assert types.get(name) == kind, f"{name} missing or not a {kind}"
     samples = parse_metrics(response.text)
-    assert sample_sum(samples, "app_info", service_version="0.1.0") == 1
+    assert sample_sum(samples, "app_info", service_version=__version__) == 1
     assert not [s for s in samples if s.name.endswith("_created")], "_created series exported"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,16 @@ def test_default_workers_follow_the_affinity_mask_not_the_host() -> None:
     )
     assert result.stdout.strip() == "1"
     assert default_workers() == available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    """A setting nobody can find is a setting nobody sets right: each one has a row
+    (`NAME`, or `PREFIX` / `_SUFFIX` for a pair) in README.md's configuration table."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    documented = set()
+    for row in rows:
+        names = re.findall(r"`(_?[A-Z][A-Z0-9_]*)`", row.split("|")[1])
+        for name in names:
+            documented.add(name if not name.startswith("_") else names[0] + name)
+    assert sorted(set(Settings.model_fields) - documented) == []

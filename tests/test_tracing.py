@@ -26,6 +26,7 @@ import yaml
 from asgi_lifespan import LifespanManager
 from sqlalchemy.engine import make_url
 
+from app import __version__
 from app.main import create_app
 from app.settings import Settings
 from app.telemetry.logging import RequestContextFilter
@@ -281,7 +282,7 @@ def test_every_span_names_the_service_and_the_worker_that_made_it(
     provider is created in each worker after the fork, not in the master)."""
     read_spans = traced_run.trace(traced_run.trace_id)
     assert {span.resource["service.name"] for span in read_spans} == {traced_run.service_name}
-    assert {span.resource["service.version"] for span in read_spans} == {"0.1.0"}
+    assert {span.resource["service.version"] for span in read_spans} == {__version__}
     [pid] = {span.resource["process.pid"] for span in read_spans}
     assert pid in traced_run.worker_pids
 
