@@ -59,7 +59,7 @@ async def place_order(
     response.headers["Location"] = f"{router.prefix}/{placed.order.id}"
     if placed.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return OrderOut.model_validate(placed.order)
+    return placed.order
 
 
 @router.get(

@@ -7,6 +7,12 @@ the row as the winner left it, so two buyers of the last item cannot both succee
 Lines are reserved in product-id order so that two multi-line orders cannot deadlock.
 The `stock >= 0` CHECK constraint backs this up in the schema.
 
+Round trips (issue 16): the last line's UPDATE, the INSERT of every line and the
+order's confirmation are one statement (CONFIRM), and the answer is built from what
+the statements returned, not read back. A one-line order is BEGIN, the order row's
+INSERT, CONFIRM, COMMIT, plus the pool's pre-ping, then one Redis call for the cache
+(scripts/bench_orders.py measures it against the same SQL in pgbench).
+
 Idempotency (the IETF Idempotency-Key draft's model): a key belongs to the client that
 sent it (`client_identity`: a verified API key, else the address) and lives for
 IDEMPOTENCY_KEY_TTL_HOURS. Another client's identical key is another key: it neither
@@ -27,16 +33,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.cache import VersionedCache
 from app.catalog.models import Product
 from app.errors import Conflict, NotFound, UnprocessableRequest
-from app.orders.models import Order, OrderItem
-from app.orders.schemas import OrderCreate, OrderLine
+from app.orders.models import Order
+from app.orders.schemas import OrderCreate, OrderItemOut, OrderLine, OrderOut
 
 
 class InsufficientStock(Conflict):
@@ -64,7 +71,7 @@ class IdempotencyKey:
 
 @dataclass(frozen=True, slots=True)
 class PlacedOrder:
-    order: Order
+    order: OrderOut
     replayed: bool  # True when an earlier request with the same key created it
 
 
@@ -80,24 +87,15 @@ async def place_order(
     idempotency: IdempotencyKey | None,
 ) -> PlacedOrder:
     fingerprint = request.fingerprint()
+    lines = sorted(request.items, key=lambda line: line.product_id)
     async with session.begin():
         claimed = await _claim(session, idempotency, fingerprint)
         if isinstance(claimed, Order):
-            return PlacedOrder(claimed, replayed=True)
-        order_id = claimed
-        lines = sorted(request.items, key=lambda line: line.product_id)
-        items = [await _reserve(session, order_id, line) for line in lines]
-        session.add_all(items)
-        await session.execute(
-            update(Order)
-            .where(Order.id == order_id)
-            .values(
-                status="confirmed", total_cents=sum(i.quantity * i.unit_price_cents for i in items)
-            )
-        )
+            return PlacedOrder(OrderOut.model_validate(claimed), replayed=True)
+        placed = await _reserve_and_confirm(session, claimed, lines)
     # Stock is part of the cached product, so the entries are stale now.
     await cache.invalidate(*(line.product_id for line in lines))
-    return PlacedOrder(await get_order(session, order_id), replayed=False)
+    return PlacedOrder(placed, replayed=False)
 
 
 async def _claim(
@@ -172,7 +170,76 @@ def _replay(order: Order, fingerprint: str) -> Order:
     return order
 
 
-async def _reserve(session: AsyncSession, order_id: int, line: OrderLine) -> OrderItem:
+# The last line (the highest product id, so stock rows are still locked in id order)
+# is reserved, every line recorded and the order confirmed in one statement: no row
+# comes back when the last line cannot be served, and the caller raises, which rolls
+# back the whole transaction. Earlier lines of a multi-line order were reserved one by
+# one before it (_reserve) and come in as arrays.
+CONFIRM = text(
+    """
+WITH reserved AS (
+    UPDATE products
+    SET stock = stock - CAST(:quantity AS integer), updated_at = now()
+    WHERE id = CAST(:product_id AS bigint) AND stock >= CAST(:quantity AS integer)
+    RETURNING price_cents
+), recorded AS (
+    INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents)
+    SELECT CAST(:order_id AS bigint), CAST(:product_id AS bigint),
+           CAST(:quantity AS integer), price_cents
+    FROM reserved
+    UNION ALL
+    SELECT CAST(:order_id AS bigint), earlier.product_id, earlier.quantity, earlier.price
+    FROM unnest(CAST(:product_ids AS bigint[]), CAST(:quantities AS integer[]),
+                CAST(:prices AS integer[])) AS earlier(product_id, quantity, price)
+)
+UPDATE orders
+SET status = 'confirmed',
+    total_cents = CAST(:earlier_total AS bigint) + CAST(:quantity AS bigint) * reserved.price_cents
+FROM reserved
+WHERE orders.id = CAST(:order_id AS bigint)
+RETURNING orders.created_at, reserved.price_cents
+"""
+)
+
+
+async def _reserve_and_confirm(
+    session: AsyncSession, order_id: int, lines: list[OrderLine]
+) -> OrderOut:
+    """Reserve every line's stock, record the lines and confirm the order; the order as
+    the client sees it, built from what the statements returned (no second read)."""
+    *earlier, last = lines
+    items = [await _reserve(session, line) for line in earlier]
+    earlier_total = sum(item.quantity * item.unit_price_cents for item in items)
+    row = (
+        await session.execute(
+            CONFIRM,
+            {
+                "order_id": order_id,
+                "product_id": last.product_id,
+                "quantity": last.quantity,
+                "product_ids": [item.product_id for item in items],
+                "quantities": [item.quantity for item in items],
+                "prices": [item.unit_price_cents for item in items],
+                "earlier_total": earlier_total,
+            },
+        )
+    ).one_or_none()
+    if row is None:
+        await _refuse(session, last)
+    created_at, price = row
+    items.append(
+        OrderItemOut(product_id=last.product_id, quantity=last.quantity, unit_price_cents=price)
+    )
+    return OrderOut(
+        id=order_id,
+        status="confirmed",
+        total_cents=earlier_total + last.quantity * price,
+        items=items,
+        created_at=created_at,
+    )
+
+
+async def _reserve(session: AsyncSession, line: OrderLine) -> OrderItemOut:
     price = await session.scalar(
         update(Product)
         .where(Product.id == line.product_id, Product.stock >= line.quantity)
@@ -180,17 +247,17 @@ async def _reserve(session: AsyncSession, order_id: int, line: OrderLine) -> Ord
         .returning(Product.price_cents)
     )
     if price is None:
-        stock = await session.scalar(select(Product.stock).where(Product.id == line.product_id))
-        if stock is None:
-            raise UnknownProduct(f"product {line.product_id} does not exist")
-        raise InsufficientStock(
-            f"product {line.product_id} has {stock} in stock, {line.quantity} requested"
-        )
-    return OrderItem(
-        order_id=order_id,
-        product_id=line.product_id,
-        quantity=line.quantity,
-        unit_price_cents=price,
+        await _refuse(session, line)
+    return OrderItemOut(product_id=line.product_id, quantity=line.quantity, unit_price_cents=price)
+
+
+async def _refuse(session: AsyncSession, line: OrderLine) -> NoReturn:
+    """Why `line` could not be reserved: the product is unknown, or short of stock."""
+    stock = await session.scalar(select(Product.stock).where(Product.id == line.product_id))
+    if stock is None:
+        raise UnknownProduct(f"product {line.product_id} does not exist")
+    raise InsufficientStock(
+        f"product {line.product_id} has {stock} in stock, {line.quantity} requested"
     )
 
 
