@@ -196,9 +196,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Runs in Starlette's ServerErrorMiddleware (the traceback is logged by the server),
     # outside TelemetryMiddleware, which leaves the request id set for it: the client
     # gets the id to quote, as with every other answer.
-    # SecurityHeadersMiddleware is inside ServerErrorMiddleware too, so this answer gets
-    # the headers here (not HSTS: that needs the settings and the scheme, and a 500 is
-    # no reason to pin a host).
+    # The security headers are added by TelemetryMiddleware, inside ServerErrorMiddleware
+    # too, so this answer gets them here (not HSTS: that needs the settings and the
+    # scheme, and a 500 is no reason to pin a host).
     headers = {**dict(SECURITY_HEADERS), "Cache-Control": "no-store"}
     request_id = REQUEST_ID.get()
     if request_id:

@@ -20,10 +20,8 @@ What a JSON API needs, following the OWASP REST Security Cheat Sheet:
 
 from __future__ import annotations
 
-from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.settings import Settings
 
@@ -35,28 +33,25 @@ SECURITY_HEADERS = (
 )
 
 
-class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, *, hsts_max_age: int = 0) -> None:
-        self.app = app
-        self.hsts = f"max-age={hsts_max_age}; includeSubDomains" if hsts_max_age else None
+class SecurityHeaders:
+    """The headers above, added to a response where the route did not set its own.
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        over_https = scope.get("scheme") == "https"
+    TelemetryMiddleware applies them in its one wrapper around `send` (app/main.py), so
+    a response is not unwrapped and re-listed once more for them."""
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS:
-                    headers.setdefault(name, value)
-                headers.setdefault("Cache-Control", "no-store")
-                if self.hsts and over_https:
-                    headers.setdefault("Strict-Transport-Security", self.hsts)
-            await send(message)
+    def __init__(self, hsts_max_age: int = 0) -> None:
+        plain = [*SECURITY_HEADERS, ("Cache-Control", "no-store")]
+        self._plain = tuple((name.lower().encode(), value.encode()) for name, value in plain)
+        hsts = f"max-age={hsts_max_age}; includeSubDomains".encode()
+        self._https = (
+            (*self._plain, (b"strict-transport-security", hsts)) if hsts_max_age else self._plain
+        )
 
-        await self.app(scope, receive, send_with_headers)
+    def add_missing(self, headers: list[tuple[bytes, bytes]], scheme: str | None) -> None:
+        """Append to `headers` (raw ASGI ones) each security header it lacks."""
+        present = {name.lower() for name, _ in headers}
+        defaults = self._https if scheme == "https" else self._plain
+        headers.extend(header for header in defaults if header[0] not in present)
 
 
 def cors_middleware(settings: Settings) -> Middleware:

@@ -8,7 +8,7 @@ from tests.helpers import run_script
 
 
 def test_bench_telemetry_reports_each_feature_as_json() -> None:
-    """One short round -> five variants in order, bare first at ratio 1, every added cost
+    """One short round -> six variants in order, bare first at ratio 1, every added cost
     measured against the bare route (timing itself is never asserted)."""
     result = run_script(
         "scripts/bench_telemetry.py", "--rounds", "1", "--requests", "200", "--json", timeout=120
@@ -16,7 +16,7 @@ def test_bench_telemetry_reports_each_feature_as_json() -> None:
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["results"]
     assert rows[0]["variant"] == "bare route"
-    assert len(rows) == 5
+    assert len(rows) == 6
     assert rows[0]["throughput_vs_bare"] == 1.0
     for row in rows:
         assert row["cpu_us_per_request"] > 0

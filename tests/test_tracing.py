@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import secrets
 import time
@@ -24,6 +25,9 @@ import httpx
 import pytest
 import yaml
 from asgi_lifespan import LifespanManager
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 from sqlalchemy.engine import make_url
 
 from app import __version__
@@ -31,7 +35,7 @@ from app.main import create_app
 from app.settings import Settings
 from app.telemetry.logging import RequestContextFilter
 from app.telemetry.middleware import redacted_query, server_address
-from app.telemetry.tracing import opt_in_to_stable_database_conventions
+from app.telemetry.tracing import Tracing, opt_in_to_stable_database_conventions, start_tracing
 from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, free_port
 from tests.conftest import REDIS_URL
 from tests.helpers import (
@@ -115,6 +119,14 @@ def traced_run(database_url: str, redis_prefix: str) -> Iterator[TracedRun]:
         )
         try:
             workers = server.worker_pids()
+            # An unsampled read first: on a fresh Redis it loads the cache's script
+            # (NOSCRIPT, SCRIPT LOAD), so the traced read's spans are the same whatever
+            # ran before.
+            warm_up = create_product_sync(server.base_url)
+            httpx.get(
+                f"{server.base_url}/api/v1/products/{warm_up['id']}",
+                headers={"traceparent": traceparent(secrets.token_hex(16), "ab" * 8, False)},
+            )
             product = create_product_sync(server.base_url)
             read = httpx.get(
                 f"{server.base_url}/api/v1/products/{product['id']}",
@@ -558,3 +570,83 @@ async def test_access_log_can_be_switched_off(
     assert response.status_code == 200
     assert response.headers["x-request-id"]
     assert not [r for r in context_records if r.name == "app.access"]
+
+
+# --- the unsampled path --------------------------------------------------------------
+
+
+def ratio_tracing(ratio: float, monkeypatch: pytest.MonkeyPatch) -> Tracing:
+    """Tracing as a worker starts it with the default sampler at `ratio`, spans kept in
+    memory."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", str(ratio))
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    tracing = start_tracing(Settings(OTEL_SDK_DISABLED=False))
+    assert tracing is not None
+    assert tracing.root_sampling_bound is not None
+    return tracing
+
+
+def sdk_server_span(tracing: Tracing) -> trace.Span:
+    """The server span the SDK alone makes for a new root."""
+    return tracing.tracer.start_span("GET", context=Context(), kind=trace.SpanKind.SERVER)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_a_new_root_is_the_span_the_sdk_would_make(
+    ratio: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unsampled roots are made without the SDK's sampler: from the same random state
+    they have the ids and flags the SDK gives (the trace id random: flag 0x02) and do
+    not record; sampled ones are the SDK's own recording span, same ids."""
+    tracing = ratio_tracing(ratio, monkeypatch)
+    random.seed(1234)
+    expected = sdk_server_span(tracing)
+    random.seed(1234)
+    span, context = tracing.start_server_span("GET", None, "127.0.0.1")
+    assert span.get_span_context() == expected.get_span_context()
+    assert span.is_recording() is expected.is_recording() is (ratio == 1.0)
+    assert type(span) is type(expected)
+    assert trace.get_current_span(context) is span
+    assert span.get_span_context().trace_flags == (0x03 if ratio == 1.0 else 0x02)
+    # The trace id chosen for a sampled root is not left behind for the next one.
+    assert tracing.ids is not None
+    assert tracing.ids.generate_trace_id() != span.get_span_context().trace_id
+
+
+def test_the_ratio_decides_as_the_sdk_sampler_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the default 10%, over many roots: each one's decision is the SDK sampler's on
+    its trace id, and children of an unsampled root are not recorded."""
+    tracing = ratio_tracing(0.1, monkeypatch)
+    sampler = TraceIdRatioBased(0.1)
+    sampled = 0
+    for _ in range(2000):
+        span, context = tracing.start_server_span("GET", None, None)
+        span_context = span.get_span_context()
+        decision = sampler.should_sample(None, span_context.trace_id, "GET").decision
+        keep = decision is Decision.RECORD_AND_SAMPLE
+        assert span.is_recording() is keep
+        assert span_context.trace_flags.sampled is keep
+        child = tracing.tracer.start_span("SELECT", context=context)
+        assert child.is_recording() is keep
+        assert child.get_span_context().trace_id == span_context.trace_id
+        sampled += keep
+    assert 100 < sampled < 300
+
+
+async def test_an_unsampled_request_returns_and_logs_its_trace_ids(
+    make_settings: Callable[..., Settings],
+    context_records: list[logging.LogRecord],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ratio 0: every request unsampled, yet, as before, `traceresponse` names its trace
+    (flags 02: not sampled, random trace id) and the access line carries the same ids."""
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    async with app_client(make_settings()) as client:
+        response = await client.get("/api/v1/products")
+    version, trace_id, span_id, flags = response.headers["traceresponse"].split("-")
+    assert (version, flags) == ("00", "02")
+    [access] = [r for r in context_records if r.name == "app.access"]
+    assert (access.trace_id, access.span_id) == (trace_id, span_id)  # type: ignore[attr-defined]
+    assert access.trace_sampled is False  # type: ignore[attr-defined]

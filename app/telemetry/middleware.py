@@ -17,7 +17,10 @@ Per request:
    (W3C Trace Context Level 2) and into the logs;
 3. metrics: `http_server_active_requests` while it runs, then
    `http_server_request_duration_seconds` labelled with the route *template*;
-4. one JSON access line (successful probes and scrapes excepted).
+4. one JSON access line (successful probes and scrapes excepted), written straight to
+   the log stream when the logging is the service's own (`AccessLog`);
+5. the security headers (app/security.py), when given: in the same wrapper around
+   `send` as the request id, rather than in a middleware of their own.
 
 Failsafe: telemetry code never fails a request; its errors are logged at a bounded
 rate. Label children are created once and cached, so the hot path is dictionary
@@ -39,7 +42,8 @@ from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.telemetry.logging import REQUEST_ID, RateLimitedLog
+from app.security import SecurityHeaders
+from app.telemetry.logging import REQUEST_ID, AccessLog, RateLimitedLog
 from app.telemetry.metrics import HTTP_ACTIVE_REQUESTS, HTTP_REQUEST_DURATION
 from app.telemetry.tracing import EXCLUDED_PATHS, Tracing
 
@@ -68,6 +72,7 @@ class _Exchange:
     __slots__ = (
         "context_token",
         "error",
+        "ids",
         "method",
         "request_id",
         "request_id_token",
@@ -82,6 +87,9 @@ class _Exchange:
         self.request_id_token: Token[str | None] | None = None
         self.span: trace.Span | None = None
         self.context_token: Token[Context] | None = None
+        # The span's trace id and span id in hex, and its trace flags: formatted once,
+        # for the traceresponse header and the access line.
+        self.ids: tuple[str, str, int] | None = None
         self.status = 0
         self.error: BaseException | None = None
         self.user_agent: str | None = None
@@ -95,8 +103,11 @@ class TelemetryMiddleware:
         metrics_enabled: bool = True,
         access_log_enabled: bool = True,
         known_methods: frozenset[str] = KNOWN_METHODS,
+        security_headers: SecurityHeaders | None = None,
     ) -> None:
         self.app = app
+        self._security_headers = security_headers
+        self._access_log = AccessLog(access_log)
         self._metrics_enabled = metrics_enabled
         self._access_log_enabled = access_log_enabled
         self._known_methods = known_methods
@@ -116,7 +127,7 @@ class TelemetryMiddleware:
         async def send_with_ids(message: Message) -> None:
             if message["type"] == "http.response.start":
                 exchange.status = message["status"]
-                message = self._with_response_headers(message, exchange)
+                message = self._with_response_headers(message, scope, exchange)
             await send(message)
 
         try:
@@ -176,16 +187,12 @@ class TelemetryMiddleware:
             exchange.context_token = otel_context.attach(suppressed)
             return
         client = scope.get("client")
-        parent, links = tracing.parent_of(carrier, client[0] if client else None)
         method = exchange.method
-        span = tracing.tracer.start_span(
-            "HTTP" if method == "_OTHER" else method,
-            context=parent,
-            kind=trace.SpanKind.SERVER,
-            links=links,
+        span, context = tracing.start_server_span(
+            "HTTP" if method == "_OTHER" else method, carrier, client[0] if client else None
         )
         exchange.span = span
-        exchange.context_token = otel_context.attach(trace.set_span_in_context(span, parent))
+        exchange.context_token = otel_context.attach(context)
         # Attributes only for spans that are kept (most are not, at the default ratio);
         # our samplers decide on the trace id alone, so they need none up front.
         if span.is_recording():
@@ -200,21 +207,22 @@ class TelemetryMiddleware:
 
     # --- response start --------------------------------------------------------------
 
-    def _with_response_headers(self, message: Message, exchange: _Exchange) -> Message:
+    def _with_response_headers(
+        self, message: Message, scope: Scope, exchange: _Exchange
+    ) -> Message:
+        # A new list: the response object may reuse its own.
+        headers = list(message.get("headers", ()))
+        if self._security_headers is not None:
+            self._security_headers.add_missing(headers, scope.get("scheme"))
         try:
-            # A new list: the response object may reuse its own.
-            headers = [
-                *message.get("headers", ()),
-                (REQUEST_ID_HEADER, exchange.request_id.encode()),
-            ]
-            if exchange.span is not None:
-                span_context = exchange.span.get_span_context()
-                if span_context.is_valid:
-                    headers.append((TRACE_RESPONSE_HEADER, _traceresponse(span_context)))
-            return {**message, "headers": headers}
+            headers.append((REQUEST_ID_HEADER, exchange.request_id.encode()))
+            if (ids := _span_ids(exchange)) is not None:
+                trace_id, span_id, flags = ids
+                traceresponse = f"00-{trace_id}-{span_id}-{flags:02x}"
+                headers.append((TRACE_RESPONSE_HEADER, traceresponse.encode()))
         except Exception as exc:
             self._errors.warning("telemetry failed at response start: %r", exc)
-            return message
+        return {**message, "headers": headers}
 
     # --- request end -----------------------------------------------------------------
 
@@ -304,39 +312,21 @@ class TelemetryMiddleware:
     def _log_access(
         self, scope: Scope, exchange: _Exchange, route: str, status: int, duration: float
     ) -> None:
-        trace_id = span_id = None
-        sampled = False
-        if exchange.span is not None:
-            span_context = exchange.span.get_span_context()
-            if span_context.is_valid:
-                trace_id = format(span_context.trace_id, "032x")
-                span_id = format(span_context.span_id, "016x")
-                sampled = span_context.trace_flags.sampled
+        trace_id, span_id, flags = _span_ids(exchange) or (None, None, 0)
         client = scope.get("client")
-        # A record built directly and handed to the logger: Logger.info() would also
-        # walk the stack for a caller we never print (a fifth of this line's cost).
-        record = logging.LogRecord(
-            access_log.name,
-            logging.INFO,
-            __file__,
-            0,
-            "%s %s %d",
-            (scope["method"], scope["path"], status),
-            None,
-        )
-        record.__dict__.update(
-            method=scope["method"],
-            route=route,
-            path=scope["path"],
-            status=status,
-            duration_ms=round(duration * 1000, 3),
-            client=client[0] if client else None,
-            request_id=exchange.request_id,
-            trace_id=trace_id,
-            span_id=span_id,
-            trace_sampled=sampled,
-        )
-        access_log.handle(record)
+        fields = {
+            "method": scope["method"],
+            "route": route,
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round(duration * 1000, 3),
+            "client": client[0] if client else None,
+            "request_id": exchange.request_id,
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "trace_sampled": bool(flags & trace.TraceFlags.SAMPLED),
+        }
+        self._access_log.write("%s %s %d", (scope["method"], scope["path"], status), fields)
 
 
 def _route_patterns(app: Any) -> list[tuple[re.Pattern[str], str, frozenset[str]]]:
@@ -429,8 +419,15 @@ def _end_span(
     span.end()
 
 
-def _traceresponse(span_context: trace.SpanContext) -> bytes:
-    return (
-        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-        f"{span_context.trace_flags:02x}"
-    ).encode()
+def _span_ids(exchange: _Exchange) -> tuple[str, str, int] | None:
+    """The request's trace and span ids in hex and its trace flags; None without a
+    valid span."""
+    if exchange.ids is None and exchange.span is not None:
+        span_context = exchange.span.get_span_context()
+        if span_context.is_valid:
+            exchange.ids = (
+                f"{span_context.trace_id:032x}",
+                f"{span_context.span_id:016x}",
+                span_context.trace_flags,
+            )
+    return exchange.ids

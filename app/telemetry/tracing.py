@@ -49,10 +49,12 @@ from opentelemetry.instrumentation.sqlalchemy.version import (
 )
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.environment_variables import OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -75,6 +77,11 @@ _ROOT_CONTEXT = Context()  # a server span never inherits ambient context
 UNTRUSTED_LINK_ATTRIBUTES = {"parity.trace_context": "untrusted_caller"}
 # Read by the instrumentations (opentelemetry.instrumentation._semconv).
 SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
+# The flags the SDK gives a root it does not sample, its trace id being random (W3C
+# Trace Context Level 2).
+_UNSAMPLED_ROOT_FLAGS = trace.TraceFlags(
+    trace.TraceFlags.DEFAULT | trace.TraceFlags.RANDOM_TRACE_ID
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,45 @@ class Tracing:
     exporter: _ReportingExporter | None = None
     # TRACE_CONTEXT_TRUSTED_CALLERS: () trusts no caller, None every caller.
     trusted_callers: tuple[Network, ...] | None = ()
+    # With our default sampler, the ratio sampler's bound on a new root's trace id
+    # (`start_server_span` decides roots itself); None: the SDK's sampler decides all.
+    root_sampling_bound: int | None = None
+    ids: ChosenRootIds | None = None
+
+    def start_server_span(
+        self, name: str, carrier: dict[str, str] | None, client: str | None
+    ) -> tuple[trace.Span, Context]:
+        """The request's SERVER span and the context it is current in.
+
+        A new root that the ratio sampler drops (90% of requests at the default ratio)
+        is made here, as the SDK would make it (same ids from the same random source,
+        same flags, a NonRecordingSpan) but without its sampler, its SamplingResult and
+        its checks: most of an unsampled request's tracing cost. A root it keeps gets
+        the trace id drawn here, so the SDK's own sampler, deciding on that id, agrees."""
+        parent, links = self.parent_of(carrier, client)
+        if parent is _ROOT_CONTEXT and self.root_sampling_bound is not None and self.ids:
+            span = self._start_root(name, links, self.root_sampling_bound, self.ids)
+        else:
+            span = self._start_span(name, parent, links)
+        return span, trace.set_span_in_context(span, parent)
+
+    def _start_root(
+        self, name: str, links: list[trace.Link] | None, bound: int, ids: ChosenRootIds
+    ) -> trace.Span:
+        trace_id = ids.draw_trace_id()
+        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= bound:
+            context = trace.SpanContext(
+                trace_id, ids.generate_span_id(), False, _UNSAMPLED_ROOT_FLAGS
+            )
+            return trace.NonRecordingSpan(context)
+        ids.choose(trace_id)
+        try:
+            return self._start_span(name, _ROOT_CONTEXT, links)
+        finally:
+            ids.choose(0)  # taken by the SDK; never left for another root
+
+    def _start_span(self, name: str, parent: Context, links: list[trace.Link] | None) -> trace.Span:
+        return self.tracer.start_span(name, context=parent, kind=trace.SpanKind.SERVER, links=links)
 
     def parent_of(
         self, carrier: dict[str, str] | None, client: str | None
@@ -187,10 +233,13 @@ def opt_in_to_stable_database_conventions(environ: MutableMapping[str, str] = os
 
 def _start(settings: Settings) -> Tracing:
     opt_in_to_stable_database_conventions()
+    ratio = _default_ratio()
+    ids = ChosenRootIds()
     provider = TracerProvider(
         resource=Resource.create(_resource_attributes(settings)),
-        sampler=_default_sampler(),
+        sampler=None if ratio is None else ParentBased(TraceIdRatioBased(ratio)),
         shutdown_on_exit=False,
+        id_generator=ids,
     )
     otlp = _exporter()
     exporter = _ReportingExporter(otlp) if otlp is not None else None
@@ -215,7 +264,42 @@ def _start(settings: Settings) -> Tracing:
         header_names=frozenset(field.lower().encode("latin-1") for field in propagator.fields),
         exporter=exporter,
         trusted_callers=trusted_networks(settings.TRACE_CONTEXT_TRUSTED_CALLERS),
+        root_sampling_bound=_root_sampling_bound(ratio),
+        ids=ids,
     )
+
+
+def _root_sampling_bound(ratio: float | None) -> int | None:
+    """TraceIdRatioBased's bound for `ratio`, when `Tracing.start_server_span` may decide
+    roots itself: our own sampler, and no SDK self-metrics (which count every span
+    started, unsampled ones included)."""
+    if ratio is None or os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, "").strip():
+        return None
+    return TraceIdRatioBased.get_bound_for_rate(ratio)
+
+
+class ChosenRootIds(RandomIdGenerator):
+    """The SDK's random ids, except that the trace id of the next root span started on
+    this thread can be chosen beforehand (`Tracing.start_server_span` draws it, here, to
+    decide sampling itself). Per thread: a span started meanwhile by another thread
+    does not take it."""
+
+    def __init__(self) -> None:
+        self._chosen = threading.local()
+
+    def choose(self, trace_id: int) -> None:
+        self._chosen.trace_id = trace_id
+
+    def draw_trace_id(self) -> int:
+        """A new random trace id (never the chosen one)."""
+        return super().generate_trace_id()
+
+    def generate_trace_id(self) -> int:
+        trace_id: int = getattr(self._chosen, "trace_id", 0)
+        if trace_id:
+            self._chosen.trace_id = 0
+            return trace_id
+        return super().generate_trace_id()
 
 
 def _collector_answers(endpoint: str, timeout: float = 0.5) -> bool:
@@ -252,9 +336,9 @@ def _resource_attributes(settings: Settings) -> dict[str, Any]:
     return attributes
 
 
-def _default_sampler() -> Sampler | None:
-    """None (the SDK reads OTEL_TRACES_SAMPLER) when the variable is set, else
-    parent-based ratio sampling."""
+def _default_ratio() -> float | None:
+    """None (the SDK reads OTEL_TRACES_SAMPLER) when the variable is set, else the ratio
+    of our parent-based ratio sampling."""
     if os.environ.get("OTEL_TRACES_SAMPLER"):
         return None
     ratio = DEFAULT_SAMPLE_RATIO
@@ -271,7 +355,7 @@ def _default_sampler() -> Sampler | None:
                 DEFAULT_SAMPLE_RATIO,
             )
             ratio = DEFAULT_SAMPLE_RATIO
-    return ParentBased(TraceIdRatioBased(ratio))
+    return ratio
 
 
 def _exporter() -> SpanExporter | None:
