@@ -34,7 +34,7 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from app.breaker import CircuitBreaker, CircuitOpen
 from app.deadline import LagTolerantDeadline, lag_tolerant_deadline
 from app.settings import Settings
-from app.telemetry.logging import RateLimitedLog
+from app.telemetry.logging import ThrottledLog
 from app.telemetry.metrics import CACHE_STORES_SKIPPED, DEPENDENCY_ERRORS, count
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class VersionedCache:
         self._namespace = namespace
         self._ttl = ttl_seconds
         self._store = redis.register_script(_STORE_IF_VERSION_UNCHANGED)
-        self._errors = RateLimitedLog(logger)
+        self._errors = ThrottledLog(logger)
 
     def _deadline(self) -> LagTolerantDeadline:
         return lag_tolerant_deadline(self._timeout, self._max_timeout)

@@ -1,4 +1,5 @@
-"""One error format for every 4xx and 5xx: RFC 9457 `application/problem+json`.
+"""Every 4xx and 5xx of the routes as RFC 9457 `application/problem+json` (the format
+itself: app/problem.py).
 
     AppError                      raised by services, mapped here once
      ├── NotFound                 404
@@ -21,32 +22,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.db import is_unavailable
+from app.problem import PROBLEM_MEDIA_TYPE, Problem, problem_response
 from app.security import SECURITY_HEADERS
 from app.telemetry.logging import REQUEST_ID
 
 logger = logging.getLogger(__name__)
-
-PROBLEM_MEDIA_TYPE = "application/problem+json"
-# Problem types are URNs: stable identifiers a client can switch on, not links.
-PROBLEM_TYPE_PREFIX = "urn:parity:problem:"
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details. Extension members (e.g. `errors`) may follow."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str = Field("about:blank", examples=["urn:parity:problem:insufficient-stock"])
-    title: str = Field(examples=["Conflict"])
-    status: int = Field(ge=400, le=599, examples=[409])
-    detail: str | None = Field(None, examples=["product 42 has 1 left, 3 requested"])
-    instance: str | None = Field(None, examples=["/api/v1/orders"])
 
 
 class AppError(Exception):
@@ -71,28 +56,6 @@ class Conflict(AppError):
 class UnprocessableRequest(AppError):
     status = HTTPStatus.UNPROCESSABLE_ENTITY
     slug = "unprocessable"
-
-
-def problem_response(
-    status: int,
-    *,
-    detail: str | None = None,
-    slug: str | None = None,
-    instance: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    **extensions: Any,
-) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_PREFIX + slug if slug else "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-    }
-    if detail is not None:
-        body["detail"] = detail
-    if instance is not None:
-        body["instance"] = instance
-    body.update(extensions)
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
 # A body of 90,000 unknown keys made a 422 of 90,001 errors (8 MB, each echoing a key):

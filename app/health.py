@@ -24,8 +24,9 @@ from fastapi.responses import JSONResponse
 
 from app import cache, db
 from app.deps import Resources, ResourcesDep
-from app.errors import problem_response
 from app.lifecycle import Lifecycle, get_lifecycle
+from app.probe_paths import HEALTH_PATH, READY_PATH
+from app.problem import problem_response
 
 router = APIRouter(tags=["health"])
 # How long one worker reuses its last readiness check (a load balancer checks every
@@ -33,7 +34,7 @@ router = APIRouter(tags=["health"])
 READY_CACHE_SECONDS = 1.0
 
 
-@router.get("/health", summary="Liveness: the process and its event loop answer")
+@router.get(HEALTH_PATH, summary="Liveness: the process and its event loop answer")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -95,7 +96,7 @@ class ReadinessCache:
 
 
 @router.get(
-    "/ready",
+    READY_PATH,
     summary="Readiness: Postgres answers (required); Redis is reported",
     responses={503: {"description": "Not ready; `checks` names what failed"}},
 )
@@ -111,7 +112,7 @@ async def ready(
             503,
             detail="not ready: shutting down",
             slug="not-ready",
-            instance="/ready",
+            instance=READY_PATH,
             checks={"shutdown": {"status": "draining", "required": True}},
         )
     readiness: ReadinessCache = request.app.state.readiness
@@ -124,7 +125,7 @@ async def ready(
             503,
             detail=f"not ready: {', '.join(failed)}",
             slug="not-ready",
-            instance="/ready",
+            instance=READY_PATH,
             checks=checks,
         )
     return JSONResponse({"status": "ready", "checks": checks})

@@ -16,8 +16,10 @@ import os
 import socket
 import sys
 
+from app.probe_paths import HEALTH_PATH
+
 DEFAULT_BIND = "0.0.0.0:8000"
-PATH = "/health"
+PATH = HEALTH_PATH
 TIMEOUT_SECONDS = 3.0
 # A wildcard bind listens everywhere; ask over loopback, which is always there.
 WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}

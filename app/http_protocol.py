@@ -8,7 +8,7 @@ runs each against a real Gunicorn).
    `limit_concurrency` slots. Here the request line and headers must be complete within
    `header_read_timeout` seconds of the connection (or of the first byte of a
    keep-alive request), else the answer is 408 and the connection is closed. A slow
-   *body* is bounded by the handler timeout (app/limits.py), which covers reading it.
+   *body* is bounded by the handler timeout (app/input_limits.py), which covers reading it.
 2. **Header size.** httptools accepts any amount of header data (we sent 20 MB of one
    header and 100,000 headers: both were served). Here the request line plus headers
    may total `max_header_bytes`, else the answer is 431.
@@ -33,7 +33,6 @@ attributes `limit_concurrency`, `timeout_keep_alive`, `tasks`, `cycle`, `client`
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import weakref
 from http import HTTPStatus
@@ -44,18 +43,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.server import ServerState
 
 from app.connections import ConnectionRegistry, PeerTrust, Refusal
+from app.problem import PROBLEM_MEDIA_TYPE, problem_bytes
 
 logger = logging.getLogger(__name__)
 
-PROBLEM_MEDIA_TYPE = b"application/problem+json"
 OVERLOAD_RETRY_AFTER_SECONDS = 1
-
-
-def problem_bytes(status: HTTPStatus, detail: str) -> bytes:
-    """A problem+json body (the same shape as app/errors.py, which this low layer cannot
-    import without pulling in the whole app)."""
-    body = {"type": "about:blank", "title": status.phrase, "status": status.value}
-    return json.dumps({**body, "detail": detail}).encode()
 
 
 class _RequestRejected(Exception):
@@ -200,12 +192,12 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_header_timer()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
         logger.warning("%s: %d %s", client, status.value, detail)
-        body = problem_bytes(status, detail)
+        body = problem_bytes(status, detail=detail)
         head = [f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode()]
         for name, value in self.server_state.default_headers:
             head.append(name + b": " + value + b"\r\n")
         head += [
-            b"content-type: " + PROBLEM_MEDIA_TYPE + b"\r\n",
+            b"content-type: " + PROBLEM_MEDIA_TYPE.encode() + b"\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n",
             b"connection: close\r\n\r\n",
         ]
@@ -259,9 +251,9 @@ _registries: weakref.WeakKeyDictionary[ServerState, ConnectionRegistry] = (
 def overload_answer(detail: str) -> ASGI3Application:
     """An ASGI app answering 503 problem+json with `Retry-After`. It closes the
     connection: open connections are what the limits count."""
-    body = problem_bytes(HTTPStatus.SERVICE_UNAVAILABLE, detail)
+    body = problem_bytes(HTTPStatus.SERVICE_UNAVAILABLE, detail=detail)
     headers = [
-        (b"content-type", PROBLEM_MEDIA_TYPE),
+        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
         (b"retry-after", str(OVERLOAD_RETRY_AFTER_SECONDS).encode()),
         (b"cache-control", b"no-store"),

@@ -42,7 +42,7 @@ import uvicorn
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import problem_response
+from app.problem import problem_response
 from app.settings import CUT_OFF_GRACE_SECONDS, Settings
 
 logger = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import problem_response
+from app.probe_paths import HEALTH_PATH, METRICS_PATH, READY_PATH
+from app.problem import problem_response
 
-HEALTH_PATH = "/health"
-INTERNAL_ONLY_PATHS = frozenset({"/ready", "/metrics"})
+INTERNAL_ONLY_PATHS = frozenset({READY_PATH, METRICS_PATH})
 INTERNAL_PATHS = INTERNAL_ONLY_PATHS | {HEALTH_PATH}
 
 

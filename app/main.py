@@ -29,8 +29,8 @@ from app.docs_ui import install_docs
 from app.errors import document_problem_responses, install_error_handlers
 from app.health import ReadinessCache
 from app.health import router as health_router
+from app.input_limits import BodySizeLimitMiddleware, HandlerTimeoutMiddleware
 from app.lifecycle import DrainingMiddleware, Lifecycle
-from app.limits import BodySizeLimitMiddleware, HandlerTimeoutMiddleware
 from app.listeners import ListenerMiddleware
 from app.orders.routes import router as orders_router
 from app.ratelimit import RateLimitMiddleware, document_rate_limits

@@ -41,10 +41,10 @@ from app.breaker import CircuitOpen
 from app.client_identity import ClientIdentifier
 from app.deadline import lag_tolerant_deadline
 from app.deps import Resources
-from app.errors import problem_response
 from app.local_limiter import LocalLimiter
+from app.problem import problem_response
 from app.settings import RateLimitPolicy, Settings
-from app.telemetry.logging import RateLimitedLog
+from app.telemetry.logging import ThrottledLog
 from app.telemetry.metrics import DEPENDENCY_ERRORS, RATE_LIMIT_DECISIONS, count
 from app.worker import default_workers
 
@@ -142,7 +142,7 @@ class RateLimitMiddleware:
         self.max_timeout = settings.redis_call_max_seconds
         # Per worker (Starlette builds the middleware in the worker, on first use).
         self.local = LocalLimiter(settings.GUNICORN_WORKERS or default_workers())
-        self.errors = RateLimitedLog(logger)
+        self.errors = ThrottledLog(logger)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt_paths:

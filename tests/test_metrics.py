@@ -26,7 +26,7 @@ from app import __version__, db
 from app.main import create_app
 from app.settings import Settings
 from app.telemetry import metrics
-from app.telemetry.logging import RateLimitedLog
+from app.telemetry.logging import ThrottledLog
 from tests.helpers import app_client, create_product, parse_metrics, sample_sum
 
 DURATION_COUNT = "http_server_request_duration_seconds_count"
@@ -340,7 +340,7 @@ async def test_counters_on_request_paths_never_fail_a_request(
     a product read through the rate limiter -> 200 with its body; the failure is
     logged, not raised."""
     monkeypatch.setattr(metrics, "_children", {})
-    monkeypatch.setattr(metrics, "_failures", RateLimitedLog(metrics.logger, interval=60.0))
+    monkeypatch.setattr(metrics, "_failures", ThrottledLog(metrics.logger, interval=60.0))
     monkeypatch.setattr(metrics.RATE_LIMIT_DECISIONS, "labels", explode)
     monkeypatch.setattr(metrics.CACHE_LOOKUPS, "labels", explode)
     caplog.set_level(logging.WARNING, logger="app.telemetry.metrics")

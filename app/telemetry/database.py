@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
-from app.telemetry.logging import RateLimitedLog
+from app.telemetry.logging import ThrottledLog
 from app.telemetry.metrics import (
     DB_CONNECTION_TIMEOUTS,
     DB_CONNECTION_WAIT,
@@ -29,7 +29,7 @@ from app.telemetry.metrics import (
 )
 
 logger = logging.getLogger(__name__)
-_errors = RateLimitedLog(logger, interval=60.0)
+_errors = ThrottledLog(logger, interval=60.0)
 
 _USED = DB_CONNECTIONS.labels(POOL_NAME, "used")
 _IDLE = DB_CONNECTIONS.labels(POOL_NAME, "idle")

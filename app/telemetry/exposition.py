@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from app.probe_paths import METRICS_PATH
 from app.telemetry.metric_files import LockedMultiProcessCollector
 from app.telemetry.multiprocess import ENV_VAR, is_multiprocess
 
@@ -43,7 +44,7 @@ def scrape_registry() -> CollectorRegistry:
 
 # A plain `def`: FastAPI runs it in the thread pool, so reading the files (more of
 # them as workers recycle) never stalls the event loop that serves requests.
-@router.get("/metrics", include_in_schema=False)
+@router.get(METRICS_PATH, include_in_schema=False)
 def metrics() -> Response:
     """Every metric of every worker, in the Prometheus text format."""
     # Text format 0.0.4: what every Prometheus 2.x and 3.x scrapes; all our names are

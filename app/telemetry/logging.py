@@ -70,7 +70,7 @@ def logging_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-class RateLimitedLog:
+class ThrottledLog:
     """Logs a warning at most once per `interval` seconds and says how many it swallowed,
     so an outage of a dependency yields a line every few seconds, not one per request."""
 
@@ -126,7 +126,7 @@ class OpenTelemetryLogLimiter(logging.Filter):
     def __init__(self, interval: float = 60.0) -> None:
         super().__init__()
         self._interval = interval
-        self._gates: dict[str, RateLimitedLog] = {}
+        self._gates: dict[str, ThrottledLog] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith(self.PREFIX):
@@ -134,7 +134,7 @@ class OpenTelemetryLogLimiter(logging.Filter):
         gate = self._gates.get(record.name)
         if gate is None:
             logger = logging.getLogger(record.name)
-            gate = self._gates[record.name] = RateLimitedLog(logger, self._interval)
+            gate = self._gates[record.name] = ThrottledLog(logger, self._interval)
         suppressed = gate.admit()
         if suppressed is None:
             return False

@@ -23,7 +23,7 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
-from app.telemetry.logging import RateLimitedLog
+from app.telemetry.logging import ThrottledLog
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ APP_INFO = Gauge(
 # --- Counting from request paths ---------------------------------------------------
 
 _children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
-_failures = RateLimitedLog(logger, interval=60.0)
+_failures = ThrottledLog(logger, interval=60.0)
 
 
 def count(counter: Counter, *labels: str) -> None:

@@ -43,7 +43,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.security import SecurityHeaders
-from app.telemetry.logging import REQUEST_ID, AccessLog, RateLimitedLog
+from app.telemetry.logging import REQUEST_ID, AccessLog, ThrottledLog
 from app.telemetry.metrics import HTTP_ACTIVE_REQUESTS, HTTP_REQUEST_DURATION
 from app.telemetry.tracing import EXCLUDED_PATHS, Tracing
 
@@ -115,7 +115,7 @@ class TelemetryMiddleware:
         self._active: dict[tuple[str, str], Any] = {}
         self._endpoint_routes: dict[Any, str] = {}
         self._route_patterns: list[tuple[re.Pattern[str], str, frozenset[str]]] | None = None
-        self._errors = RateLimitedLog(logger, interval=60.0)
+        self._errors = ThrottledLog(logger, interval=60.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -59,9 +59,10 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
+from app.probe_paths import PROBE_AND_SCRAPE_PATHS
 from app.proxy_trust import Network, is_trusted, trusted_networks
 from app.settings import Settings
-from app.telemetry.logging import RateLimitedLog
+from app.telemetry.logging import ThrottledLog
 from app.telemetry.metrics import DEPENDENCY_ERRORS, count
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ DEFAULT_SAMPLE_RATIO = 0.1
 # default) the last spans may take to leave; closing the pool and Redis gets the rest.
 FLUSH_SHARE_OF_LIFESPAN_SHUTDOWN = 2 / 3
 # Probes and scrapes: frequent, uninteresting, and they would crowd out real traces.
-EXCLUDED_PATHS = frozenset({"/health", "/ready", "/metrics"})
+EXCLUDED_PATHS = PROBE_AND_SCRAPE_PATHS
 _ROOT_CONTEXT = Context()  # a server span never inherits ambient context
 # On the link from a new root to the trace context an untrusted caller sent.
 UNTRUSTED_LINK_ATTRIBUTES = {"parity.trace_context": "untrusted_caller"}
@@ -387,7 +388,7 @@ class _ReportingExporter(SpanExporter):
     def __init__(self, exporter: SpanExporter) -> None:
         self._exporter = exporter
         self.endpoint: str = getattr(exporter, "_endpoint", "http://localhost:4318")
-        self._failures = RateLimitedLog(logger, interval=60.0)
+        self._failures = ThrottledLog(logger, interval=60.0)
         self._shut_down = False
         # Whether the collector answered the probe at start; then False after a failed
         # export, True again after a successful one.
