@@ -192,10 +192,16 @@ def test_one_product_read_is_one_trace_with_server_sql_and_redis_spans(
     assert any("SELECT" in _statement(span) for span in sql)
     redis_commands = sorted(span.name for span in children if _db_system(span) == "redis")
     # The rate limiter's script (a sampled request's goes through the traced client,
-    # not the untraced pipeline), the cache lookup, the cache store after the miss, and
-    # the worker's first look at Redis's memory before storing (app/cache.py: then at
-    # most once a second).
-    assert redis_commands == ["EVALSHA", "EVALSHA", "INFO", "MGET"]
+    # not the untraced pipeline), the cache lookup and the cache store after the miss.
+    # Before storing, a worker looks at Redis's memory at most once a second
+    # (app/cache.py): an INFO span when this worker's last look (the warm-up read's, if
+    # it served that too) is older than that.
+    assert [command for command in redis_commands if command != "INFO"] == [
+        "EVALSHA",
+        "EVALSHA",
+        "MGET",
+    ]
+    assert redis_commands.count("INFO") <= 1
 
 
 def test_database_and_redis_spans_use_the_stable_semantic_conventions(
