@@ -7,7 +7,7 @@ time counts against the dependency anyway. Worse, the timer is usually due in th
 loop iteration that reads the answer: both loops we run (asyncio's and uvloop's) poll
 I/O first and run due timers right after, before the task that would consume the
 answer, so the timeout cancels a call that has just succeeded. And a pipelined answer
-(app/autopipeline.py) needs several iterations to reach its caller, each of which a
+(app/ratelimit/autopipeline.py) needs several iterations to reach its caller, each of which a
 busy loop stretches. Issue 18, item 2: a client sending CPU-heavy requests made a Redis
 that answered in 1 ms look hung, the breaker skipped the rate limiter for every client,
 and that client got 272-748 requests through a quota of 100.

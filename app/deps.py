@@ -12,11 +12,11 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.autopipeline import AutoPipeline
 from app.breaker import CircuitBreaker
 from app.cache import VersionedCache
 from app.client_identity import ClientIdentifier
 from app.db import is_unavailable
+from app.ratelimit.autopipeline import AutoPipeline
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)

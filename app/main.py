@@ -19,7 +19,6 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from starlette.middleware import Middleware
 
 from app import __version__, cache, db, demo
-from app.autopipeline import AutoPipeline
 from app.breaker import CircuitBreaker
 from app.cache import VersionedCache, create_redis
 from app.catalog.routes import router as catalog_router
@@ -33,7 +32,8 @@ from app.input_limits import BodySizeLimitMiddleware, HandlerTimeoutMiddleware
 from app.lifecycle import DrainingMiddleware, Lifecycle
 from app.listeners import ListenerMiddleware
 from app.orders.routes import router as orders_router
-from app.ratelimit import RateLimitMiddleware, document_rate_limits
+from app.ratelimit.autopipeline import AutoPipeline
+from app.ratelimit.middleware import RateLimitMiddleware, document_rate_limits
 from app.security import SecurityHeaders, cors_middleware
 from app.settings import Settings, load_settings
 from app.telemetry import database as database_telemetry

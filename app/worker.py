@@ -1,4 +1,4 @@
-"""The Gunicorn worker class (graceful shutdown, app/lifecycle.py) and the CPU arithmetic
+"""The Gunicorn worker class (graceful shutdown, app/graceful_server.py) and the CPU arithmetic
 behind the default worker count."""
 
 from __future__ import annotations
@@ -76,14 +76,17 @@ def limit_options(settings: Settings, worker_connections: int) -> dict[str, Any]
 
 class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # untyped base
     """uvicorn-worker's class (`uvicorn.workers` is deprecated) with our Uvicorn options
-    and our shutdown sequence (`GracefulServer`, app/lifecycle.py).
+    and our shutdown sequence (`GracefulServer`, app/graceful_server.py).
 
     - `lifespan="on"`: a broken lifespan is an error, not silently skipped.
     - `server_header=False`: do not advertise the server software.
     - the limits of `limit_options`, read from the settings in each worker.
-    - `timeout_graceful_shutdown`: uvicorn-worker does not pass Gunicorn's
-      graceful_timeout on, and Uvicorn's default is to wait for in-flight requests
-      forever (Kludex/uvicorn PR #2094): SHUTDOWN_DRAIN_TIMEOUT_SECONDS bounds the drain.
+
+    The drain is bounded by SHUTDOWN_DRAIN_TIMEOUT_SECONDS, which GracefulServer reads
+    from the settings: Uvicorn's `timeout_graceful_shutdown` is left unset because
+    Uvicorn's own shutdown, its only reader, never runs (uvicorn-worker does not pass
+    Gunicorn's graceful_timeout on either, and Uvicorn alone would wait forever:
+    Kludex/uvicorn PR #2094).
     """
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
@@ -102,16 +105,16 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # untyped base
         options = limit_options(self.settings, self.cfg.worker_connections)
         for name, value in options.items():
             setattr(self.config, name, value)
-        self.config.timeout_graceful_shutdown = self.settings.SHUTDOWN_DRAIN_TIMEOUT_SECONDS
         # Ours instead of Uvicorn's: it parses X-Forwarded-For (app/proxy_trust.py).
         self.config.proxy_headers = False
 
     async def _serve(self) -> None:
         # uvicorn-worker's `_serve`, with our server class in place of Uvicorn's.
         # Imported here, in the worker: gunicorn.conf.py imports this module before it
-        # sets up Prometheus' multiprocess directory, and app.lifecycle pulls in the app
-        # (and prometheus_client, which must come after).
-        from app.lifecycle import GracefulServer, Lifecycle
+        # sets up Prometheus' multiprocess directory, and app.graceful_server pulls in the
+        # app (and prometheus_client, which must come after).
+        from app.graceful_server import GracefulServer
+        from app.lifecycle import Lifecycle
 
         self.config.app = ForwardedHeadersMiddleware(self.wsgi, self.settings.FORWARDED_ALLOW_IPS)
         state = getattr(self.wsgi, "state", None)

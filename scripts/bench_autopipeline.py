@@ -31,9 +31,9 @@ if __package__ in (None, ""):
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.autopipeline import AutoPipeline
-from app.ratelimit import SLIDING_WINDOW_LOG, acquire
-from app.settings import RateLimitPolicy
+from app.ratelimit.autopipeline import AutoPipeline
+from app.ratelimit.policy import RateLimitPolicy
+from app.ratelimit.sliding_window import SLIDING_WINDOW_LOG, acquire
 from scripts.cli import positive_int
 from scripts.stack import REPO_ROOT
 

@@ -14,9 +14,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from app.autopipeline import AutoPipeline
-from app.ratelimit import acquire
-from app.settings import RateLimitPolicy
+from app.ratelimit.autopipeline import AutoPipeline
+from app.ratelimit.policy import RateLimitPolicy
+from app.ratelimit.sliding_window import acquire
 from tests.conftest import REDIS_URL
 from tests.helpers import run_script
 

@@ -52,7 +52,7 @@ def test_profile_samples_go_to_the_innermost_component_on_the_stack() -> None:
     site = "/venv/lib/python3.11/site-packages"
     loop = f"Runner.run ({site[:-14]}/asyncio/runners.py:118)"
     http = f"RequestResponseCycle.run_asgi ({site}/uvicorn/protocols/http/httptools_impl.py:1)"
-    limiter = f"RateLimitMiddleware.__call__ ({REPO_ROOT}/app/ratelimit.py:167)"
+    limiter = f"RateLimitMiddleware.__call__ ({REPO_ROOT}/app/ratelimit/middleware.py:167)"
     redis = f"Redis.execute_command ({site}/redis/asyncio/client.py:929)"
     hashing = "sha256 (/usr/lib/python3.11/hashlib.py:10)"
     raw = "\n".join(

@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from app.cache import VersionedCache
-from app.ratelimit import acquire
-from app.settings import RateLimitPolicy, Settings
+from app.ratelimit.policy import RateLimitPolicy
+from app.ratelimit.sliding_window import acquire
+from app.settings import Settings
 from scripts.throwaway import TemporaryRedis
 from tests.helpers import app_client, create_product
 from tests.test_deploy_lb import services

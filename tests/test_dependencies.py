@@ -136,8 +136,9 @@ def test_the_image_installs_the_runtime_lock_hash_checked() -> None:
 
 
 def test_private_api_leans_are_bounded_where_they_are_declared() -> None:
-    """uvicorn and prometheus_client are used through internals checked against one
-    minor version (app/http_protocol.py, app/telemetry/metric_files.py): an upgrade
+    """uvicorn, prometheus_client and OpenTelemetry are used through internals checked
+    against one minor version (app/http_protocol.py, app/telemetry/metric_files.py,
+    app/telemetry/otel_internals.py): an upgrade
     past it must be a decision, not a `make lock --upgrade` side effect."""
     project = pyproject()["project"]
     assert isinstance(project, dict)
@@ -149,6 +150,14 @@ def test_private_api_leans_are_bounded_where_they_are_declared() -> None:
     assert not bounded["uvicorn"].contains("0.55.0")
     assert pinned_version(RUNTIME_LOCK, "prometheus-client") in bounded["prometheus-client"]
     assert not bounded["prometheus-client"].contains("0.27.0")
+    for otel in ("opentelemetry-api", "opentelemetry-sdk"):  # app/telemetry/otel_internals.py
+        assert pinned_version(RUNTIME_LOCK, otel) in bounded[otel]
+        assert not bounded[otel].contains("1.46.0")
+    assert pinned_version(RUNTIME_LOCK, "sqlalchemy") in bounded["sqlalchemy"]
+    assert not bounded["sqlalchemy"].contains("2.2.0")  # app/telemetry/database.py
+    sqlalchemy_tracing = "opentelemetry-instrumentation-sqlalchemy"
+    assert pinned_version(RUNTIME_LOCK, sqlalchemy_tracing) in bounded[sqlalchemy_tracing]
+    assert not bounded[sqlalchemy_tracing].contains("0.67b0")
 
 
 def test_the_version_is_the_same_wherever_it_is_written() -> None:

@@ -3,8 +3,8 @@ admits its share of the quota, in a sliding window, in bounded memory."""
 
 from __future__ import annotations
 
-from app.local_limiter import LocalLimiter
-from app.settings import RateLimitPolicy
+from app.ratelimit.local_limiter import LocalLimiter
+from app.ratelimit.policy import RateLimitPolicy
 
 DEFAULT = RateLimitPolicy("default", 100, 60)
 

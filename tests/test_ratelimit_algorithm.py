@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from app.ratelimit import SLIDING_WINDOW_LOG_SHA, Decision, acquire
-from app.settings import RateLimitPolicy
+from app.ratelimit.policy import RateLimitPolicy
+from app.ratelimit.sliding_window import SLIDING_WINDOW_LOG_SHA, Decision, acquire
 from scripts.throwaway import TemporaryRedis
 from tests.conftest import REDIS_URL
 

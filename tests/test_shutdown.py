@@ -1,6 +1,7 @@
-"""Graceful shutdown and reload (app/lifecycle.py, docs/shutdown.md), against real
-Gunicorn masters: the verification script under load, and the single behaviours one by
-one (readiness during the delay, the cut-off at the drain timeout)."""
+"""Graceful shutdown and reload (app/graceful_server.py, app/lifecycle.py,
+docs/shutdown.md), against real Gunicorn masters: the verification script under load,
+and the single behaviours one by one (readiness during the delay, the cut-off at the
+drain timeout)."""
 
 from __future__ import annotations
 

@@ -25,13 +25,14 @@ import contextvars
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from redis.asyncio import Redis
+
+from app.telemetry.otel_internals import suppressed
 
 _Waiter = tuple[tuple[Any, ...], asyncio.Future[Any]]
 
 
-_UNTRACED = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True)
+_UNTRACED = suppressed()
 
 
 def _untraced_context() -> contextvars.Context:

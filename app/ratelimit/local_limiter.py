@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from app.settings import RateLimitPolicy
+from app.ratelimit.policy import RateLimitPolicy
 
 # About 3 MB of floats per worker at most (a few hundred thousand requests' worth of
 # logs): an outage must not turn into a memory leak under an address-rotating flood.

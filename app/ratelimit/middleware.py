@@ -1,119 +1,46 @@
-"""Rate limiting shared by every worker and replica: a sliding-window log in Redis.
+"""The rate limiter as pure ASGI middleware: which policy a request falls under, who
+the client is, the decision (app/ratelimit/sliding_window.py), the `RateLimit` headers,
+and the 429 (or 503 when failing closed) it answers itself.
 
-Each (policy, client) pair has one Redis list holding the arrival times of the requests
-it was *allowed* in the last window, newest first. One Lua script, run atomically by
-Redis, drops the times that left the window, counts the rest, and admits the request
-if fewer than the quota remain, all against Redis' own clock (`TIME`): one round-trip
-per request, no race between workers, and app-host clocks do not matter.
-
-The guarantee is exact: in any interval of `window` seconds at most `quota` requests
-of one client are allowed, and a client that sends more than `quota` requests within
-one window gets exactly `quota` of them through, whichever workers answered. Refused
-requests are not recorded, so hammering does not extend a lock-out. Why not GCRA or a
-fixed window: docs/rate-limiting.md. Who "one client" is: app/client_identity.py (an
-API key this service issued, else the address).
-
-    RateLimitMiddleware   pure ASGI; answers 429 (or 503 when failing closed) itself
-     ├── acquire()        one EVALSHA of SLIDING_WINDOW_LOG -> Decision, within a
+    RateLimitMiddleware   answers 429 / 503 itself
+     ├── acquire()        one EVALSHA of the sliding-window script -> Decision, within a
      │                    deadline loop lag does not spend (app/deadline.py)
-     │                    (pipelined with other requests' under load: app/autopipeline.py)
+     │                    (pipelined with other requests' under load: autopipeline.py)
      └── LocalLimiter     when Redis cannot decide and the policy fails open: this
-                          worker's share of the quota (app/local_limiter.py)
+                          worker's share of the quota (local_limiter.py)
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 from opentelemetry import trace
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.autopipeline import AutoPipeline
 from app.breaker import CircuitOpen
 from app.client_identity import ClientIdentifier
 from app.deadline import lag_tolerant_deadline
 from app.deps import Resources
-from app.local_limiter import LocalLimiter
 from app.problem import problem_response
-from app.settings import RateLimitPolicy, Settings
+from app.ratelimit.autopipeline import AutoPipeline
+from app.ratelimit.local_limiter import LocalLimiter
+from app.ratelimit.policy import RateLimitPolicy
+from app.ratelimit.sliding_window import Decision, acquire
+from app.settings import Settings
 from app.telemetry.logging import ThrottledLog
 from app.telemetry.metrics import DEPENDENCY_ERRORS, RATE_LIMIT_DECISIONS, count
 from app.worker import default_workers
 
-logger = logging.getLogger(__name__)
-
-# KEYS[1] the client's log; ARGV[1] quota, ARGV[2] window in ms, ARGV[3] "now" in ms
-# (empty: Redis' clock; tests pass one to step through window edges exactly).
-# Returns {allowed 0|1, remaining, ms until the oldest logged request leaves the window}.
-# Times are whole milliseconds: 13 digits, which Lua's doubles and its %.14g number
-# formatting both carry exactly.
-SLIDING_WINDOW_LOG = """
-local now
-if ARGV[3] ~= '' then
-  now = tonumber(ARGV[3])
-else
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-end
-local quota = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local key = KEYS[1]
--- The oldest time still in the window once the loop ends (false: the log is empty).
-local oldest
-while true do
-  oldest = redis.call('LINDEX', key, -1)
-  if not oldest or tonumber(oldest) > now - window then break end
-  redis.call('RPOP', key)
-end
-local used = redis.call('LLEN', key)
-local allowed = 0
-if used < quota then
-  redis.call('LPUSH', key, now)
-  redis.call('PEXPIRE', key, window)
-  used = used + 1
-  allowed = 1
-  -- LPUSH adds at the head: the oldest stays what the loop found, unless the log was
-  -- empty (one LINDEX less per call: the script's Redis time x 0.83).
-  if not oldest then oldest = now end
-end
-local wait = window
-if oldest then wait = tonumber(oldest) + window - now end
-return {allowed, math.max(quota - used, 0), math.min(math.max(wait, 0), window)}
-"""
-SLIDING_WINDOW_LOG_SHA = hashlib.sha1(SLIDING_WINDOW_LOG.encode()).hexdigest()  # noqa: S324
+# The package's name, as before it was a package: what operators filter the log on.
+logger = logging.getLogger("app.ratelimit")
 
 # Redis unavailable and failing closed: how long we suggest the client waits.
 UNAVAILABLE_RETRY_AFTER_SECONDS = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    allowed: bool
-    remaining: int
-    # Seconds until more quota becomes available (rounded up): the draft's `t`, and
-    # Retry-After when refused.
-    reset_seconds: int
-
-
-async def acquire(
-    redis: Redis | AutoPipeline, key: str, policy: RateLimitPolicy, now_ms: int | None = None
-) -> Decision:
-    """Count one request of `key` against `policy`, atomically, in one round-trip."""
-    args = (policy.quota, policy.window_seconds * 1000, "" if now_ms is None else now_ms)
-    try:
-        reply = await redis.execute_command("EVALSHA", SLIDING_WINDOW_LOG_SHA, 1, key, *args)
-    except NoScriptError:  # first call on this server (or after a restart): load it
-        reply = await redis.execute_command("EVAL", SLIDING_WINDOW_LOG, 1, key, *args)
-    allowed, remaining, wait_ms = (int(value) for value in reply)
-    return Decision(bool(allowed), remaining, math.ceil(wait_ms / 1000))
 
 
 def policy_header(policy: RateLimitPolicy) -> bytes:
@@ -283,7 +210,7 @@ def document_rate_limits(openapi: dict[str, Any], settings: Settings) -> dict[st
 
 def _client(resources: Resources) -> Redis | AutoPipeline:
     """The traced client when this request's trace is recorded (its Redis span joins
-    the trace), else the implicitly pipelined one (app/autopipeline.py): most requests
+    the trace), else the implicitly pipelined one (app/ratelimit/autopipeline.py): most requests
     are not sampled, and batching their commands is where the limiter's cost goes down."""
     if trace.get_current_span().is_recording():
         return resources.redis

@@ -48,7 +48,12 @@ _STARTED_ATTR = "_parity_statement_started"
 class MeteredPool(AsyncAdaptedQueuePool):
     """SQLAlchemy's asyncio queue pool, reporting its state after every checkout and
     checkin, and how long each checkout waited (`db.client.connection.wait_time`:
-    waiting for a free connection plus opening a new one when the pool may grow)."""
+    waiting for a free connection plus opening a new one when the pool may grow).
+
+    The one place the app leans on SQLAlchemy below its public API: `_do_get` and
+    `_do_return_conn` are the hooks a Pool subclass implements, and
+    `_sqla_logger_namespace` names its logger; checked against SQLAlchemy 2.1, which
+    pyproject.toml bounds (widen it only after tests/test_metrics.py passes)."""
 
     # Log as the pool it extends, under SQLAlchemy's logger (quiet below WARNING).
     _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"

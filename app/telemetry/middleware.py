@@ -38,13 +38,14 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
+from opentelemetry.context import Context
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.security import SecurityHeaders
 from app.telemetry.logging import REQUEST_ID, AccessLog, ThrottledLog
 from app.telemetry.metrics import HTTP_ACTIVE_REQUESTS, HTTP_REQUEST_DURATION
+from app.telemetry.otel_internals import suppressed
 from app.telemetry.tracing import EXCLUDED_PATHS, Tracing
 
 logger = logging.getLogger(__name__)
@@ -183,8 +184,7 @@ class TelemetryMiddleware:
     ) -> None:
         if scope["path"] in EXCLUDED_PATHS:
             # No span, and no orphan SQL/Redis spans from /ready's dependency pings.
-            suppressed = otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, _ROOT_CONTEXT)
-            exchange.context_token = otel_context.attach(suppressed)
+            exchange.context_token = otel_context.attach(suppressed(_ROOT_CONTEXT))
             return
         client = scope.get("client")
         method = exchange.method

@@ -43,11 +43,6 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.redis import RedisInstrumentor
-from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
-from opentelemetry.instrumentation.sqlalchemy.version import (
-    __version__ as sqlalchemy_instrumentation,
-)
-from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk.environment_variables import OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED
 from opentelemetry.sdk.resources import Resource
@@ -64,6 +59,12 @@ from app.proxy_trust import Network, is_trusted, trusted_networks
 from app.settings import Settings
 from app.telemetry.logging import ThrottledLog
 from app.telemetry.metrics import DEPENDENCY_ERRORS, count
+from app.telemetry.otel_internals import (
+    UNSAMPLED_ROOT_FLAGS,
+    ratio_bound,
+    ratio_sampler_keeps,
+    trace_engine,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +79,6 @@ _ROOT_CONTEXT = Context()  # a server span never inherits ambient context
 UNTRUSTED_LINK_ATTRIBUTES = {"parity.trace_context": "untrusted_caller"}
 # Read by the instrumentations (opentelemetry.instrumentation._semconv).
 SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
-# The flags the SDK gives a root it does not sample, its trace id being random (W3C
-# Trace Context Level 2).
-_UNSAMPLED_ROOT_FLAGS = trace.TraceFlags(
-    trace.TraceFlags.DEFAULT | trace.TraceFlags.RANDOM_TRACE_ID
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +119,9 @@ class Tracing:
         self, name: str, links: list[trace.Link] | None, bound: int, ids: ChosenRootIds
     ) -> trace.Span:
         trace_id = ids.draw_trace_id()
-        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= bound:
+        if not ratio_sampler_keeps(trace_id, bound):
             context = trace.SpanContext(
-                trace_id, ids.generate_span_id(), False, _UNSAMPLED_ROOT_FLAGS
+                trace_id, ids.generate_span_id(), False, UNSAMPLED_ROOT_FLAGS
             )
             return trace.NonRecordingSpan(context)
         ids.choose(trace_id)
@@ -158,13 +154,7 @@ class Tracing:
 
     def instrument_engine(self, engine: AsyncEngine) -> None:
         """SQL spans for statements sent through `engine` (and no other engine)."""
-        # SQLAlchemyInstrumentor is a process-wide singleton that also patches
-        # create_engine; its EngineTracer only listens to the engine it is given.
-        usage = NoOpMeterProvider().get_meter("parity").create_up_down_counter("unused")
-        tracer = self.provider.get_tracer(
-            "opentelemetry.instrumentation.sqlalchemy", sqlalchemy_instrumentation
-        )
-        EngineTracer(tracer, engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+        trace_engine(self.provider, engine.sync_engine)
 
     def instrument_redis(self, redis: Redis) -> None:
         """Redis spans for commands sent through `redis` (arguments are masked)."""
@@ -276,7 +266,7 @@ def _root_sampling_bound(ratio: float | None) -> int | None:
     started, unsampled ones included)."""
     if ratio is None or os.environ.get(OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED, "").strip():
         return None
-    return TraceIdRatioBased.get_bound_for_rate(ratio)
+    return ratio_bound(ratio)
 
 
 class ChosenRootIds(RandomIdGenerator):
