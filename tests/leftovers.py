@@ -24,7 +24,6 @@ import asyncio
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +34,8 @@ import asyncpg
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.engine import make_url
+
+from tests.helpers import run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # A pid followed by a random hex tag, as in `parity_test_4242_1a2b3c4d`.
@@ -96,9 +97,9 @@ def _redis_keys(redis_url: str) -> set[str]:
 
 def _repository_files() -> set[str]:
     def others(*options: str) -> set[str]:
-        result = subprocess.run(
+        result = run(
             ["git", "ls-files", "--others", *options],
-            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+            check=True,
         )  # fmt: skip
         return {
             path

@@ -14,7 +14,6 @@ import functools
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import yaml
 
 from scripts.stack import REPO_ROOT
 from tests.deploy_tools import require, run_tool
+from tests.helpers import run
 from tests.test_deploy_k8s import base_with_component
 
 # Where `make tools` installs it (scripts/install_deploy_tools.sh; PARITY_CHECKOV_VENV
@@ -61,14 +61,11 @@ def scan(
     command += ["--framework", *FRAMEWORKS, *options]
     for path in files:
         command += ["--file", str(path)]
-    result = subprocess.run(
+    result = run(
         command,
         cwd=cwd,
         env=offline_env(),
-        capture_output=True,
-        text=True,
         timeout=timeout,
-        check=False,
     )
     assert result.returncode in (0, 1), result.stdout[-4000:] + result.stderr[-4000:]
     output = json.loads(result.stdout)

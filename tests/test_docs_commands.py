@@ -36,7 +36,7 @@ from scripts.stack import (
     free_port,
 )
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
-from tests.helpers import stop_process_group, wait_until_answers
+from tests.helpers import run, stop_process_group, wait_until_answers
 
 DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 SHELL_BLOCK = re.compile(r"```sh\n(.*?)```", re.DOTALL)
@@ -158,9 +158,8 @@ def bounded(command: str, addition: str, tmp_path: Path) -> str:
 
 
 def run_in_fresh_shell(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", "-c", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-        timeout=COMMAND_TIMEOUT_SECONDS,
+    return run(
+        ["bash", "-c", command], env=env, timeout=COMMAND_TIMEOUT_SECONDS,
     )  # fmt: skip
 
 

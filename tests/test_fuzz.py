@@ -6,7 +6,6 @@ is reproducible and bounded)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, seed
+from tests.helpers import run
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 
@@ -44,7 +44,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     seed(native_stack.database_url, 50)
     server = gunicorn(workers=2)
     har = tmp_path / "fuzz.har"
-    result = subprocess.run(
+    result = run(
         [
             sys.executable,
             "-m",
@@ -60,10 +60,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             "--no-color",
         ],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         timeout=600,
-        check=False,
     )
     summary = result.stdout[-6000:]
     assert result.returncode == 0, summary

@@ -14,18 +14,15 @@ from pathlib import Path
 import pytest
 
 from app.healthcheck import connection_for
-from scripts.stack import REPO_ROOT, GunicornProcess, free_port
+from scripts.stack import GunicornProcess, free_port
+from tests.helpers import run
 
 
 def run_healthcheck(bind: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run(
         [sys.executable, "-m", "app.healthcheck"],
-        cwd=REPO_ROOT,
         env={**os.environ, "GUNICORN_BIND": bind},
-        capture_output=True,
-        text=True,
         timeout=30,
-        check=False,
     )
 
 

@@ -6,7 +6,6 @@ on both; nothing else on the internal one. Against a real Gunicorn with both lis
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 
@@ -16,7 +15,8 @@ from pydantic import ValidationError
 
 from app.listeners import served_on
 from app.settings import Settings
-from scripts.stack import REPO_ROOT, GunicornProcess, free_port
+from scripts.stack import GunicornProcess, free_port
+from tests.helpers import run
 
 pytestmark = pytest.mark.gunicorn
 
@@ -62,18 +62,14 @@ def test_the_container_health_check_asks_the_internal_listener(
     """With INTERNAL_BIND set, `python -m app.healthcheck` checks it (as the kubelet
     does), whatever GUNICORN_BIND says: here a port where nothing listens."""
     _, internal = two_listeners
-    result = subprocess.run(
+    result = run(
         [sys.executable, "-m", "app.healthcheck"],
-        cwd=REPO_ROOT,
         env={
             **os.environ,
             "INTERNAL_BIND": internal.removeprefix("http://"),
             "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
         },
-        capture_output=True,
-        text=True,
         timeout=30,
-        check=False,
     )
     assert result.returncode == 0, result.stderr
 

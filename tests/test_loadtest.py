@@ -41,7 +41,7 @@ from scripts.stack import (
 from scripts.tune_workers import Point, recommend, top_pids
 from scripts.verify_dashboards import NATIVE_DROPPED_JOBS, Check, check_all, pending_problems
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
-from tests.helpers import pinned_version
+from tests.helpers import pinned_version, run
 
 # More ids than one 1 s benchmark measure reads (~1,300 on this machine): the uncached
 # reads walk them once, so every one of them misses the cache.
@@ -254,10 +254,10 @@ def test_step_shape_reports_a_step_table(seeded_server: GunicornProcess, tmp_pat
 
 
 def test_bad_locust_option_names_the_value() -> None:
-    process = subprocess.run(
+    process = run(
         [sys.executable, "-m", "locust", "--config", str(LOCUST_CONF), "--headless",
          "--think-time", "soon"],
-        cwd=REPO_ROOT, env=locust_env(), capture_output=True, text=True, timeout=60,
+        env=locust_env(), timeout=60,
     )  # fmt: skip
     assert process.returncode == 2
     assert "--think-time must be a number, got 'soon'" in process.stderr
@@ -268,10 +268,10 @@ def test_a_headless_run_with_no_api_fails_at_once_naming_the_host() -> None:
     -> exit 1 within seconds, saying no API answers there (not 2 minutes of failures)."""
     host = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    process = subprocess.run(
+    process = run(
         [sys.executable, "-m", "locust", "--config", str(LOCUST_CONF), "--headless",
          "--host", host, "--run-time", "2m"],
-        cwd=REPO_ROOT, env=locust_env(), capture_output=True, text=True, timeout=60,
+        env=locust_env(), timeout=60,
     )  # fmt: skip
     assert process.returncode == 1
     assert f"no API answers at {host}" in process.stderr
@@ -286,9 +286,9 @@ def test_tune_workers_rejects_bad_arguments_naming_the_value() -> None:
         (["--workers", "1,0"], "argument --workers: '0' must lie within 1..256"),
         (["--slo-p95-ms", "fast"], "argument --slo-p95-ms: 'fast' is not a number"),
     ):
-        process = subprocess.run(
+        process = run(
             [sys.executable, "scripts/tune_workers.py", *args],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+            timeout=60,
         )  # fmt: skip
         assert process.returncode == 2, args
         assert message in process.stderr, process.stderr
@@ -447,10 +447,10 @@ def test_demo_loads_a_running_api_and_says_what_is_missing_natively(
 ) -> None:
     """`demo.py --url` for 4 s -> a status line from the users, the URLs that exist here,
     and the plain statement that Grafana and Jaeger do not run natively."""
-    process = subprocess.run(
+    process = run(
         [sys.executable, "scripts/demo.py", "--url", seeded_server.base_url, "--duration", "4",
          "--users", "4", "--products", str(PRODUCTS), "--no-prometheus", "--out", str(tmp_path)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        timeout=120,
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]
     assert "Locust client metrics    http://127.0.0.1:" in process.stderr
@@ -470,12 +470,12 @@ def test_route_benchmark_measures_every_route_without_errors(
     this checks the script, not the capacity) -> throughput for each, 0 errors (every
     request passed the rate limiter with an identity of its own), and the uncached reads
     really missed the cache."""
-    process = subprocess.run(
+    process = run(
         [sys.executable, "scripts/bench_routes.py", "--url", seeded_server.base_url,
          "--redis-prefix", seeded_server.env["REDIS_KEY_PREFIX"], "--products", str(PRODUCTS),
          "--rounds", "1", "--duration", "1", "--connections", "8", "--json",
          "--out", str(tmp_path / "routes.json")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+        timeout=180,
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]
     summary = json.loads(process.stdout)["summary"]

@@ -5,7 +5,6 @@ one that no longer occurs (the list must not outlive its reason)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 
 from scripts.prometheus_native import binaries, missing_reason
 from scripts.stack import GunicornProcess
+from tests.helpers import run
 
 # metric family -> why its finding is accepted
 ACCEPTED = {
@@ -30,10 +30,8 @@ REQUESTS = ("/api/v1/products/1", "/api/v1/products?limit=2", "/api/v1/products/
 
 def findings(exposition: str) -> dict[str, str]:
     """promtool's findings, by metric family: `NAME MESSAGE` lines."""
-    result = subprocess.run(
-        ["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True,
-        timeout=60, check=False,
-    )  # fmt: skip
+    result = run(
+        ["promtool", "check", "metrics"], input=exposition, timeout=60, )  # fmt: skip
     lines = (result.stdout + result.stderr).strip().splitlines()
     found = dict(line.split(" ", 1) for line in lines if " " in line)
     assert result.returncode == (3 if found else 0), result

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from scripts.stack import REPO_ROOT
+from tests.helpers import run
 
 CONFIG = REPO_ROOT / ".pre-commit-config.yaml"
 PRE_COMMIT = REPO_ROOT / ".venv" / "bin" / "pre-commit"
@@ -28,10 +29,7 @@ def run_pre_commit(*args: str, cwd: Path, home: Path) -> subprocess.CompletedPro
     if not PRE_COMMIT.exists():
         pytest.skip("pre-commit is not installed: run `make venv`")
     env = {**os.environ, **NO_NETWORK, "PRE_COMMIT_HOME": str(home), "NO_COLOR": "1"}
-    return subprocess.run(
-        [str(PRE_COMMIT), *args, "--color", "never"],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    return run([str(PRE_COMMIT), *args, "--color", "never"], cwd=cwd, env=env, timeout=300)
 
 
 def test_every_hook_is_a_local_tool_from_the_venv() -> None:
@@ -61,8 +59,8 @@ def test_the_hooks_stop_a_bad_python_file_and_a_bad_dockerfile(tmp_path: Path) -
     (work / ".venv").symlink_to(REPO_ROOT / ".venv")
     (work / "bad.py").write_text("import os\n")
     (work / "Dockerfile").write_text('FROM python:latest\nCMD ["python"]\n')
-    subprocess.run(["git", "init", "-q", str(work)], check=True)
-    subprocess.run(["git", "-C", str(work), "add", "-A"], check=True)
+    run(["git", "init", "-q", str(work)], check=True)
+    run(["git", "-C", str(work), "add", "-A"], check=True)
     result = run_pre_commit("run", "--all-files", cwd=work, home=tmp_path / "home")
     assert result.returncode == 1, result.stdout
     failed = {line.split(".")[0] for line in result.stdout.splitlines() if "Failed" in line}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -24,9 +23,9 @@ from redis import Redis
 from app.client_identity import client_identity, key_hash
 from app.main import create_app
 from app.settings import Settings
-from scripts.stack import REPO_ROOT
 from scripts.throwaway import TemporaryRedis
 from tests.conftest import REDIS_URL
+from tests.helpers import run
 
 PRODUCTS = "/api/v1/products?limit=1"
 MakeSettings = Callable[..., Settings]
@@ -246,9 +245,9 @@ def test_an_issued_key_is_its_hash_and_an_unknown_or_empty_key_is_the_address() 
 def test_issuing_a_key_prints_it_with_the_hash_the_server_accepts() -> None:
     """`python -m app.client_identity 2` -> two `KEY HASH` lines; the hashes configure a
     server, and each key then is its own client."""
-    result = subprocess.run(
+    result = run(
         [sys.executable, "-m", "app.client_identity", "2"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=True,
+        timeout=30, check=True,
     )  # fmt: skip
     issued = [line.split() for line in result.stdout.splitlines()]
     assert len(issued) == 2
@@ -262,10 +261,9 @@ def test_issuing_a_key_prints_it_with_the_hash_the_server_accepts() -> None:
 
 
 def test_a_key_pasted_in_place_of_its_hash_is_refused_without_echoing_it() -> None:
-    result = subprocess.run(
+    result = run(
         [sys.executable, "-c", "from app.settings import load_settings; load_settings()"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False,
-        env={**os.environ, "RATE_LIMIT_API_KEY_HASHES": "pk_live-secret-key"},
+        timeout=30, env={**os.environ, "RATE_LIMIT_API_KEY_HASHES": "pk_live-secret-key"},
     )  # fmt: skip
     assert result.returncode != 0
     assert "RATE_LIMIT_API_KEY_HASHES: must be SHA-256 hex digests" in result.stderr

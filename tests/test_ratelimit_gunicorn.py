@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from app.client_identity import issue_key
-from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack
+from scripts.stack import GunicornProcess, NativeStack
 from scripts.verify_rate_limit import (
     UNTRUSTED_LOOPBACK,
     IdentityReport,
@@ -28,6 +27,7 @@ from scripts.verify_rate_limit import (
     open_connections,
 )
 from tests.conftest import REDIS_URL
+from tests.helpers import run
 
 pytestmark = pytest.mark.gunicorn
 
@@ -173,7 +173,7 @@ def test_x_forwarded_for_from_a_trusted_proxy_range_is_believed(server: Gunicorn
 def test_verify_script_passes_natively_with_four_workers(database_url: str) -> None:
     """`python scripts/verify_rate_limit.py --native --json` starts its own Gunicorn
     (4 workers) and exits 0 reporting exactly the quota for every client."""
-    result = subprocess.run(
+    result = run(
         [
             sys.executable,
             "scripts/verify_rate_limit.py",
@@ -184,12 +184,8 @@ def test_verify_script_passes_natively_with_four_workers(database_url: str) -> N
             database_url,
             "--json",
         ],
-        cwd=REPO_ROOT,
         env={**os.environ, "REDIS_URL": REDIS_URL},
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)

@@ -5,11 +5,9 @@ replicas behind the load balancer)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
-from scripts.stack import REPO_ROOT
-from tests.helpers import run_script
+from tests.helpers import run, run_script
 
 
 def test_help_says_what_is_measured() -> None:
@@ -29,14 +27,10 @@ def test_bad_arguments_are_named() -> None:
 def test_without_a_running_stack_it_says_not_run() -> None:
     """A project with no api container (or no engine at all): exit 3, nothing touched."""
     env = {**os.environ, "COMPOSE_PROJECT_NAME": "parity-rollout-test-no-such-stack"}
-    result = subprocess.run(
+    result = run(
         [sys.executable, "scripts/rollout.py"],
-        cwd=REPO_ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
     )
     assert result.returncode == 3, result.stderr
     assert "rollout NOT RUN" in result.stderr

@@ -10,18 +10,14 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from scripts.stack import REPO_ROOT
+from tests.helpers import run
 
 
 def seed(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run(
         [sys.executable, "-m", "app.seed", *args],
-        cwd=REPO_ROOT,
         env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
         timeout=60,
-        check=False,
     )
 
 

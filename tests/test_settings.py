@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from app.settings import Settings, load_settings
 from app.worker import available_cpus, cgroup_cpu_limit, default_workers
 from scripts.stack import REPO_ROOT
-from tests.helpers import run_gunicorn
+from tests.helpers import run, run_gunicorn
 
 
 def test_defaults_describe_a_local_stack(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,9 +209,7 @@ def test_default_workers_follow_the_affinity_mask_not_the_host() -> None:
     """A process pinned to one CPU (taskset, a cpuset) gets one worker."""
     code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
     code += "from app.worker import default_workers; print(default_workers())"
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    )
+    result = run([sys.executable, "-c", code], check=True)
     assert result.stdout.strip() == "1"
     assert default_workers() == available_cpus() <= len(os.sched_getaffinity(0))
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +20,8 @@ from asgi_lifespan import LifespanManager
 
 from app.main import create_app
 from app.settings import Settings
-from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack
+from scripts.stack import GunicornProcess, NativeStack
+from tests.helpers import run
 
 Start = Callable[..., GunicornProcess]
 PHASES = ["signal", "delay", "stop_accepting", "drain", "lifespan_shutdown", "exit"]
@@ -33,14 +33,10 @@ def run_verification(native_stack: NativeStack, *args: str) -> tuple[int, dict[s
     """`python scripts/verify_graceful_shutdown.py --native --json ...` as a user runs
     it: on this session's Postgres server, with a database and Redis prefix of its own."""
     env = {**os.environ, **native_stack.app_env()}
-    result = subprocess.run(
+    result = run(
         [sys.executable, SCRIPT, "--native", "--json", "--quiet", *args],
-        cwd=REPO_ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=240,
-        check=False,
     )
     assert result.stdout.strip(), result.stderr
     return result.returncode, json.loads(result.stdout)

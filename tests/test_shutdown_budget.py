@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import yaml
 
 from app.settings import CUT_OFF_GRACE_SECONDS, Settings
 from scripts.stack import REPO_ROOT
+from tests.helpers import run
 
 SHUTDOWN_VARIABLES = (
     "SHUTDOWN_DELAY_SECONDS",
@@ -121,12 +121,9 @@ def budgets_from_gunicorn_conf() -> Iterator[Budget]:
     process of its own: it must run before anything imports prometheus_client)."""
     env = {k: v for k, v in os.environ.items() if k not in SHUTDOWN_VARIABLES}
     read = "import runpy; print(runpy.run_path('gunicorn.conf.py')['graceful_timeout'])"
-    result = subprocess.run(
+    result = run(
         [sys.executable, "-c", read],
-        cwd=REPO_ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         check=True,
         timeout=60,
     )
