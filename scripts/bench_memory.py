@@ -59,7 +59,7 @@ import yaml
 from scripts.bench_apps import TRIVIAL_PATH
 from scripts.bench_middleware import IDENTITY_LUA, OtlpSink, measure
 from scripts.bench_rate_limit import WRK_REPORT, machine, wrk
-from scripts.benchdocs import replace_section
+from scripts.benchdocs import machine_sentence, replace_section
 from scripts.cli import positive_int
 from scripts.stack import (
     REPO_ROOT,
@@ -706,9 +706,7 @@ def memory_markdown(result: dict[str, Any], command: str) -> str:
         f"**{rec['limit_mib']}** |",
         f"| configured | {configured or 'none found'} |",
         "",
-        f"Machine: {m['cpus']} × {m['cpu_model']}, {m['os']}, Python {st['python']}, Redis "
-        f"{m['redis']} and Postgres on loopback, load average at the end {m['load_average']} "
-        f"(shared with other work); {workers} Gunicorn workers.",
+        machine_sentence(m, python=st["python"], postgres=True) + f"; {workers} Gunicorn workers.",
         "",
         f"Command: `{command}`",
     ]
@@ -775,9 +773,8 @@ def compare_markdown(result: dict[str, Any], command: str) -> str:
         lines += ["", "Not installed: " + "; ".join(f"{v['label']}: {v['error']}" for v in failed)]
     lines += [
         "",
-        f"Machine: {m['cpus']} × {m['cpu_model']}, {m['os']}, Redis {m['redis']} and Postgres "
-        f"on loopback, load average at the end {m['load_average']} (shared with other work); "
-        f"load generator {st['load_generator']} on the same machine.",
+        machine_sentence(m, python=None, postgres=True)
+        + f"; load generator {st['load_generator']} on the same machine.",
         "",
         f"Command: `{command}`",
     ]

@@ -57,7 +57,7 @@ import psutil
 
 from scripts.bench_apps import TRIVIAL_PATH
 from scripts.bench_rate_limit import WRK_REPORT, machine, rate_and_latency, wrk
-from scripts.benchdocs import replace_section
+from scripts.benchdocs import machine_sentence, replace_section
 from scripts.cli import positive_int
 from scripts.stack import (
     REPO_ROOT,
@@ -459,10 +459,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
             )
     lines += [
         "",
-        f"Machine: {m['cpus']} × {m['cpu_model']}, {m['os']}, Python {m['python']}, "
-        f"Redis {m['redis']} on loopback, load average at the end {m['load_average']} "
-        f"(shared with other work). Load generator: {st['load_generator']} on the same "
-        f"machine; {st['workers']} Gunicorn workers per server.",
+        machine_sentence(m, python=m["python"], postgres=False)
+        + f". Load generator: {st['load_generator']} on the same machine; "
+        f"{st['workers']} Gunicorn workers per server.",
         "",
         f"Command: `{command}`",
     ]

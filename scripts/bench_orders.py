@@ -56,6 +56,7 @@ from app.orders import service as service_sql
 from scripts.bench_middleware import OtlpSink
 from scripts.bench_rate_limit import machine, rate_and_latency, wrk
 from scripts.bench_routes import LUA_COMMON
+from scripts.benchdocs import machine_sentence
 from scripts.cli import positive_int
 from scripts.stack import (
     REPO_ROOT,
@@ -359,9 +360,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"against `{s['reference']}`. Errors (failed transactions, non-2xx answers, socket "
         f"errors): {s['errors']}.",
         "",
-        f"Machine: {m['cpus']} × {m['cpu_model']}, {m['os']}, Python {m['python']}, "
-        f"Redis {m['redis']} and Postgres on loopback, load average at the end "
-        f"{m['load_average']} (shared with other work).",
+        machine_sentence(m, python=m["python"], postgres=True) + ".",
         "",
         f"Command: `{command}`",
     ]

@@ -53,7 +53,7 @@ from sqlalchemy.engine import make_url
 from app.catalog.schemas import encode_cursor
 from scripts.bench_middleware import OtlpSink
 from scripts.bench_rate_limit import machine, rate_and_latency, wrk
-from scripts.benchdocs import replace_section
+from scripts.benchdocs import machine_sentence, replace_section
 from scripts.cli import positive_int
 from scripts.stack import (
     DEFAULT_DATABASE_URL,
@@ -353,9 +353,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"answers and {s['socket_errors']} socket errors (wrk counts a request with no "
         "answer within 2 s as a timeout).",
         "",
-        f"Machine: {m['cpus']} × {m['cpu_model']}, {m['os']}, Python {m['python']}, "
-        f"Redis {m['redis']} and Postgres on loopback, load average at the end "
-        f"{m['load_average']} (shared with other work).",
+        machine_sentence(m, python=m["python"], postgres=True) + ".",
         "",
         f"Command: `{command}`",
     ]

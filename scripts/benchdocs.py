@@ -5,6 +5,7 @@ the rest of the file: each benchmark owns the block between its markers
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
@@ -31,3 +32,19 @@ def cpu_model() -> str:
     except OSError:
         pass
     return "unknown CPU"
+
+
+def machine_sentence(machine: dict[str, Any], *, python: str | None, postgres: bool) -> str:
+    """`Machine: …` under a benchmark's figures (no final stop): CPUs, OS, the Python the
+    servers ran (None: several, named in the table), the services on loopback, and the
+    load average at the end."""
+    m = machine
+    parts = [f"{m['cpus']} × {m['cpu_model']}", m["os"]]
+    if python is not None:
+        parts.append(f"Python {python}")
+    services = f"Redis {m['redis']} and Postgres" if postgres else f"Redis {m['redis']}"
+    parts.append(
+        f"{services} on loopback, load average at the end {m['load_average']} "
+        "(shared with other work)"
+    )
+    return "Machine: " + ", ".join(parts)
