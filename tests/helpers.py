@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
@@ -87,6 +89,13 @@ def sample_sum(samples: list[Sample], name: str, **labels: str) -> float:
         for sample in samples
         if sample.name == name and labels.items() <= sample.labels.items()
     )
+
+
+# The benchmarks' load generator (Debian's wrk): tests that drive one skip without it
+# (and fail under PARITY_STRICT_SKIPS=1).
+needs_wrk = pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)"
+)
 
 
 def run(

@@ -6,18 +6,13 @@ machine they prove nothing. The comparison mode runs with this venv's own Python
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from scripts.bench_memory import growth, recommend, slope_per_100k, to_mib
-from tests.helpers import run_script
-
-needs_wrk = pytest.mark.skipif(
-    shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)"
-)
+from tests.helpers import needs_wrk, run_script
 
 
 @pytest.mark.gunicorn

@@ -5,7 +5,6 @@ samples. No timing is asserted: figures on a shared 2-core machine prove nothing
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from PIL import Image
 from scripts import bench_orders
 from scripts.bench_orders import ROUTES, Sample, markdown, summarise
 from scripts.stack import StackError
-from tests.helpers import run_script
+from tests.helpers import needs_wrk, run_script
 
 
 def _pgbench_found() -> bool:
@@ -25,14 +24,13 @@ def _pgbench_found() -> bool:
     return True
 
 
-needs_tools = pytest.mark.skipif(
-    shutil.which("wrk") is None or not _pgbench_found(), reason="wrk or pgbench not installed"
-)
+needs_pgbench = pytest.mark.skipif(not _pgbench_found(), reason="pgbench not installed")
 
 
 @pytest.mark.gunicorn
 @pytest.mark.slow
-@needs_tools
+@needs_wrk
+@needs_pgbench
 def test_bench_orders_runs_and_writes_its_table_report_and_plot(tmp_path: Path) -> None:
     """1 round of 1 s at 1 connection: every load measured, a ratio per route, no
     failed transaction or non-2xx answer, the Markdown table and a valid PNG."""

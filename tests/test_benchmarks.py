@@ -5,7 +5,6 @@ silently when the API changes. Each one talks only to servers it started on loop
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,7 @@ from PIL import Image
 from scripts.bench_middleware import attribute
 from scripts.benchdocs import replace_section
 from scripts.stack import REPO_ROOT
-from tests.helpers import run_script
-
-needs_wrk = pytest.mark.skipif(
-    shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)"
-)
+from tests.helpers import needs_wrk, run_script
 
 
 @pytest.mark.gunicorn

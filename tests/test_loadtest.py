@@ -9,7 +9,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from scripts.stack import (
 from scripts.tune_workers import Point, recommend, top_pids
 from scripts.verify_dashboards import NATIVE_DROPPED_JOBS, Check, check_all, pending_problems
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
-from tests.helpers import pinned_version, run
+from tests.helpers import needs_wrk, pinned_version, run
 
 # More ids than one 1 s benchmark measure reads (~1,300 on this machine): the uncached
 # reads walk them once, so every one of them misses the cache.
@@ -461,7 +460,7 @@ def test_demo_loads_a_running_api_and_says_what_is_missing_natively(
 
 @pytest.mark.gunicorn
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
+@needs_wrk
 def test_route_benchmark_measures_every_route_without_errors(
     seeded_server: GunicornProcess, tmp_path: Path
 ) -> None:
