@@ -7,7 +7,7 @@
 # choice and the expected size (~235 MB on disk, ~80 MB to pull, on python:3.12-slim).
 #
 # The base is a build argument so that CI can build this exact file offline against a
-# local stand-in base (scripts/offline_images.py, the compose e2e); any image with
+# local stand-in base (parity images, the compose e2e); any image with
 # python3 and its venv module works.
 ARG PYTHON_IMAGE=python:3.12.14-slim-bookworm
 

@@ -28,7 +28,7 @@ help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{n[NR] = $$1; d[NR] = $$2; if (length($$1) > w) w = length($$1)} END {for (i = 1; i <= NR; i++) printf ("  make %-" w "s  %s\n"), n[i], d[i]}'
 
 $(STAMP): requirements.txt requirements-dev.txt
-	$(PYTHON) scripts/bootstrap_venv.py $(VENV) && touch $@
+	PYTHONPATH=scripts $(PYTHON) -m parity.bootstrap $(VENV) && touch $@
 
 venv: $(STAMP) ## create .venv with the pinned requirements
 
@@ -36,46 +36,46 @@ services: ## start (or install) the local Postgres and Redis
 	scripts/ensure_services.sh
 
 run: venv services ## migrate, seed and serve natively with Gunicorn on :8000
-	$(BIN)/python scripts/stack.py up
+	$(BIN)/parity stack up
 
 dev: venv services ## like make run, but one process that reloads when app/ changes
-	$(BIN)/python scripts/stack.py dev
+	$(BIN)/parity stack dev
 
 test: venv services ## run the test suite against the real Postgres, Redis and Gunicorn
 	$(BIN)/pytest
 
 verify-shutdown: venv services ## SIGTERM and SIGHUP under load: prove no request is lost
-	$(BIN)/python scripts/verify_graceful_shutdown.py --native --signal TERM --plot $(RESULTS)/shutdown-TERM.png $(VERIFY_SHUTDOWN_ARGS) && $(BIN)/python scripts/verify_graceful_shutdown.py --native --signal HUP --plot $(RESULTS)/shutdown-HUP.png $(VERIFY_SHUTDOWN_ARGS)
+	$(BIN)/parity verify shutdown --native --signal TERM --plot $(RESULTS)/shutdown-TERM.png $(VERIFY_SHUTDOWN_ARGS) && $(BIN)/parity verify shutdown --native --signal HUP --plot $(RESULTS)/shutdown-HUP.png $(VERIFY_SHUTDOWN_ARGS)
 
-lint: venv ## ruff (lint + format check) and mypy --strict on app/
+lint: venv ## ruff (lint + format check) and mypy --strict on app/ and scripts/parity/
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 audit: venv ## pip-audit the pinned requirements (says so when it could not check)
-	$(BIN)/python scripts/audit_deps.py
+	$(BIN)/parity audit
 
 format: venv ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 lock: venv ## re-export requirements*.txt (pinned, with hashes) from pyproject.toml with uv
-	$(BIN)/python scripts/lock.py
+	$(BIN)/parity lock
 
 lock-check: venv ## fail when requirements*.txt are not what pyproject.toml exports (CI runs it)
-	$(BIN)/python scripts/lock.py --check
+	$(BIN)/parity lock --check
 
-dashboards: venv ## regenerate observability/grafana/dashboards/*.json from scripts/dashboards/
-	$(BIN)/python scripts/grafana_dashboards.py
+dashboards: venv ## regenerate observability/grafana/dashboards/*.json from scripts/parity/dashboards/
+	$(BIN)/parity dashboards
 
 verify-dashboards: venv services ## every dashboard/rule expression has data (native Gunicorn + Prometheus)
-	$(BIN)/python scripts/verify_dashboards.py --native
+	$(BIN)/parity verify dashboards --native
 
 tools: ## install the deploy tools: Compose CLI as the docker plugin, debootstrap, checkov (its own venv)
 	PYTHON=$(PYTHON) scripts/install_deploy_tools.sh
 
 images-offline: venv tools ## build the local stand-in images compose.offline.yaml runs (no registry)
-	$(BIN)/python scripts/offline_images.py
+	$(BIN)/parity images
 
 e2e: venv tools ## the compose stack end to end on the real engine (offline images); CI runs it
-	$(BIN)/python scripts/compose_e2e.py
+	$(BIN)/parity e2e
 
 up: ## docker compose: build, start the whole stack, wait until every service is healthy
 	$(COMPOSE) up --detach --build --wait && $(COMPOSE) ps
@@ -90,16 +90,16 @@ logs: ## docker compose: follow the logs of every service
 	$(COMPOSE) logs --follow --tail=100
 
 rollout: venv ## docker compose: replace every api replica one at a time under load; errors, p99, plot in results/rollout/ (ROLLOUT_ARGS=)
-	$(BIN)/python scripts/rollout.py $(ROLLOUT_ARGS)
+	$(BIN)/parity rollout $(ROLLOUT_ARGS)
 
 loadtest: venv ## headless Locust against HOST (SCENARIO=, SHAPE=, LOCUST_ARGS=); CSV + HTML in results/
 	mkdir -p $(LOADTEST_DIR) && $(BIN)/locust --config loadtest/locust.conf --headless --host $(HOST) --tags $(SCENARIO) --shape $(SHAPE) --csv $(LOADTEST_DIR)/locust --html $(LOADTEST_DIR)/report.html $(LOCUST_ARGS)
 
-tune: venv services ## measure the best Gunicorn worker count (scripts/tune_workers.py --native; TUNE_ARGS=)
-	$(BIN)/python scripts/tune_workers.py --native $(TUNE_ARGS)
+tune: venv services ## measure the best Gunicorn worker count (parity tune --native; TUNE_ARGS=)
+	$(BIN)/parity tune --native $(TUNE_ARGS)
 
 demo: venv services ## 10 min of steady mixed load + the URLs of dashboards, metrics, a slow trace (DEMO_ARGS=--duration 120 --compose|--url URL)
-	$(BIN)/python scripts/demo.py $(DEMO_ARGS)
+	$(BIN)/parity demo $(DEMO_ARGS)
 
 clean: ## remove the venv and caches
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -4,7 +4,7 @@ per request.
 Why: Redis stopped by SIGSTOP (or a network partition that drops packets) is worse than
 Redis down. A dead port refuses at once; a hung one accepts the TCP handshake and then
 says nothing, so every call waits the full REDIS_TIMEOUT_SECONDS. The limiter and the
-cache each make a call per request, so a product read waited 0.5 s and `scripts/chaos.py`
+cache each make a call per request, so a product read waited 0.5 s and `parity chaos`
 measured throughput falling from ~1,000 to ~10 requests/s with 4 clients. Behind this
 breaker the same run stays at the baseline latency once the breaker has opened.
 

@@ -60,7 +60,7 @@ async def close_session(session: AsyncSession) -> None:
     its work, the rollback fails, but there is nothing left to undo (the server ended
     the transaction with the connection) and the answer may be on its way already:
     failing here turned a good 200 into a dropped connection (found by
-    scripts/chaos.py stopping Postgres under load). The pool discards the connection."""
+    parity chaos stopping Postgres under load). The pool discards the connection."""
     try:
         await session.close()
     except (SQLAlchemyError, OSError) as exc:

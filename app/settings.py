@@ -240,7 +240,7 @@ class Settings(BaseSettings):
     # Prometheus metrics and GET /metrics.
     METRICS_ENABLED: bool = True
     # One JSON line per request (logger app.access). The largest single per-request cost
-    # of the telemetry (scripts/bench_telemetry.py): off when a proxy logs requests.
+    # of the telemetry (parity bench telemetry): off when a proxy logs requests.
     ACCESS_LOG_ENABLED: bool = True
     # The standard OpenTelemetry switch: true turns tracing off entirely (no provider,
     # no export thread, no instrumentation, nothing per request). Endpoint, sampler,

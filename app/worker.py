@@ -49,7 +49,7 @@ def default_workers() -> int:
     `2 × CPU + 1` is Gunicorn's rule for *sync* workers, which block on I/O and need
     extra processes to keep a CPU busy. An asyncio worker already overlaps its I/O, so
     more processes than CPUs only add memory, DB connections and context switches.
-    `scripts/tune_workers.py` measures the best count for your own workload.
+    `parity tune` measures the best count for your own workload.
     """
     return available_cpus()
 

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.settings import Settings
-from scripts.stack import (
+from parity.harness.stack import (
     GunicornProcess,
     NativeStack,
     delete_redis_prefix,

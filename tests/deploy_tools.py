@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 from tests.helpers import run
 
 VENV_BIN = Path(sys.executable).parent

@@ -24,7 +24,7 @@ from prometheus_client.samples import Sample
 
 from app.main import create_app
 from app.settings import Settings
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 
 
 @asynccontextmanager
@@ -116,9 +116,10 @@ def run(
     )  # fmt: skip
 
 
-def run_script(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """`python <args>` from the repository root, as a user runs a script; output captured."""
-    return run([sys.executable, *args], timeout=timeout)
+def run_parity(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """`parity <args>` from the repository root, as a user runs a command (this venv's
+    Python, `-m parity`: the same entry point as the console script); output captured."""
+    return run([sys.executable, "-m", "parity", *args], timeout=timeout)
 
 
 def run_gunicorn(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 
 PAGE = REPO_ROOT / "docs" / "architecture.md"
 NAMED_PATH = re.compile(r"\b((?:app|scripts)/[\w/]*[\w.]+(?:\.py)?/?)")

@@ -1,11 +1,11 @@
-"""scripts/audit_deps.py: an audit that checked nothing must say so, not pass."""
+"""parity audit: an audit that checked nothing must say so, not pass."""
 
 from __future__ import annotations
 
 import pytest
 
-import scripts.audit_deps as audit
-from scripts.audit_deps import EXIT_UNAUDITED, EXIT_VULNERABLE, main, summarise
+import parity.commands.audit as audit
+from parity.commands.audit import EXIT_UNAUDITED, EXIT_VULNERABLE, main, summarise
 
 REPORT = {
     "dependencies": [

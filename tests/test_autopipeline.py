@@ -18,7 +18,7 @@ from app.ratelimit.autopipeline import AutoPipeline
 from app.ratelimit.policy import RateLimitPolicy
 from app.ratelimit.sliding_window import acquire
 from tests.conftest import REDIS_URL
-from tests.helpers import run_script
+from tests.helpers import run_parity
 
 CALLERS = 200
 
@@ -124,10 +124,10 @@ async def test_the_rate_limit_stays_exact_when_requests_are_pipelined(
 
 
 def test_the_benchmark_script_compares_both_clients_per_concurrency() -> None:
-    """A tiny run of scripts/bench_autopipeline.py: a row per client and concurrency,
+    """A tiny run of parity bench autopipeline: a row per client and concurrency,
     and the JSON it says it wrote (the figures themselves are not judged here)."""
-    result = run_script(
-        "scripts/bench_autopipeline.py", "--redis-url", REDIS_URL,
+    result = run_parity(
+        "bench", "autopipeline", "--redis-url", REDIS_URL,
         "--concurrency", "1", "4", "--decisions", "200", "--rounds", "1", timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -139,6 +139,6 @@ def test_the_benchmark_script_compares_both_clients_per_concurrency() -> None:
 
 
 def test_the_benchmark_script_names_a_bad_value() -> None:
-    result = run_script("scripts/bench_autopipeline.py", "--concurrency", "0", timeout=60)
+    result = run_parity("bench", "autopipeline", "--concurrency", "0", timeout=60)
     assert result.returncode == 2
     assert "--concurrency: '0' must be at least 1" in result.stderr

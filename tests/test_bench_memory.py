@@ -1,4 +1,4 @@
-"""scripts/bench_memory.py runs end to end with tiny settings and writes its table,
+"""parity bench memory runs end to end with tiny settings and writes its table,
 report and plot, in both modes. No timing or memory figure is asserted: on a shared
 machine they prove nothing. The comparison mode runs with this venv's own Python only
 (`--python current`): CI machines need not have other interpreters."""
@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scripts.bench_memory import growth, recommend, slope_per_100k, to_mib
-from tests.helpers import needs_wrk, run_script
+from parity.commands.bench_memory import growth, recommend, slope_per_100k, to_mib
+from tests.helpers import needs_wrk, run_parity
 
 
 @pytest.mark.gunicorn
 @pytest.mark.slow
 @needs_wrk
 def test_memory_run_writes_its_table_report_and_plot(tmp_path: Path) -> None:
-    process = run_script(
-        "scripts/bench_memory.py", "--requests", "300", "--warmup", "1", "--chunks", "2",
+    process = run_parity(
+        "bench", "memory", "--requests", "300", "--warmup", "1", "--chunks", "2",
         "--workers", "1", "--connections", "4", "--out", str(tmp_path),
         "--plot", str(tmp_path / "memory.png"),
         timeout=300,
@@ -46,8 +46,8 @@ def test_memory_run_writes_its_table_report_and_plot(tmp_path: Path) -> None:
 @pytest.mark.slow
 @needs_wrk
 def test_python_comparison_runs_with_this_interpreter_only(tmp_path: Path) -> None:
-    process = run_script(
-        "scripts/bench_memory.py", "--compare", "--python", "current", "--rounds", "1",
+    process = run_parity(
+        "bench", "memory", "--compare", "--python", "current", "--rounds", "1",
         "--duration", "1", "--starts", "1", "--workers", "1", "--connections", "4",
         "--out", str(tmp_path), "--plot", str(tmp_path / "python.png"), "--json",
         timeout=300,
@@ -102,9 +102,9 @@ def test_memory_quantities_of_docker_and_kubernetes() -> None:
 
 
 def test_bad_arguments_name_the_value() -> None:
-    process = run_script("scripts/bench_memory.py", "--python", "3.11.7", "--python", "3.12.1")
+    process = run_parity("bench", "memory", "--python", "3.11.7", "--python", "3.12.1")
     assert process.returncode == 2
     assert "one version without --compare" in process.stderr
-    process = run_script("scripts/bench_memory.py", "--requests", "0")
+    process = run_parity("bench", "memory", "--requests", "0")
     assert process.returncode == 2
     assert "argument --requests: '0' must be at least 1" in process.stderr

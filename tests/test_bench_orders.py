@@ -1,4 +1,4 @@
-"""scripts/bench_orders.py: it runs end to end with a tiny duration and writes its
+"""parity bench orders: it runs end to end with a tiny duration and writes its
 table, report and plot; its bookkeeping (medians, the ratio) is checked on made-up
 samples. No timing is asserted: figures on a shared 2-core machine prove nothing here."""
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scripts import bench_orders
-from scripts.bench_orders import ROUTES, Sample, markdown, summarise
-from scripts.stack import StackError
-from tests.helpers import needs_wrk, run_script
+from parity.commands import bench_orders
+from parity.commands.bench_orders import ROUTES, Sample, markdown, summarise
+from parity.harness.stack import StackError
+from tests.helpers import needs_wrk, run_parity
 
 
 def _pgbench_found() -> bool:
@@ -34,8 +34,8 @@ needs_pgbench = pytest.mark.skipif(not _pgbench_found(), reason="pgbench not ins
 def test_bench_orders_runs_and_writes_its_table_report_and_plot(tmp_path: Path) -> None:
     """1 round of 1 s at 1 connection: every load measured, a ratio per route, no
     failed transaction or non-2xx answer, the Markdown table and a valid PNG."""
-    process = run_script(
-        "scripts/bench_orders.py", "--rounds", "1", "--duration", "1", "--connections", "1",
+    process = run_parity(
+        "bench", "orders", "--rounds", "1", "--duration", "1", "--connections", "1",
         "--products", "300", "--out", str(tmp_path), "--json",
     )  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]
@@ -49,7 +49,7 @@ def test_bench_orders_runs_and_writes_its_table_report_and_plot(tmp_path: Path) 
     assert all(ratio > 0 for ratio in row["ratio"].values())
     report = (tmp_path / "report.md").read_text()
     assert "| connections | load | p50 / p99 | per second | route p50 ÷ pgbench p50 |" in report
-    assert "Command: `.venv/bin/python scripts/bench_orders.py --rounds 1" in report
+    assert "Command: `.venv/bin/parity bench orders --rounds 1" in report
     assert json.loads((tmp_path / "report.json").read_text())["summary"] == result["summary"]
     with Image.open(tmp_path / "orders.png") as image:
         image.verify()
@@ -78,12 +78,12 @@ def test_summary_takes_medians_and_divides_by_the_current_sql() -> None:
             "load_average": [1.0, 1.0, 1.0],
         },
     }  # fmt: skip
-    table = markdown(result, ".venv/bin/python scripts/bench_orders.py")
+    table = markdown(result, ".venv/bin/parity bench orders")
     assert "| 4 | route, with key | 5.00 / 10.00 ms | 200 | **3.33×** |" in table
     assert "3.3× at 4 connections" in table
 
 
 def test_bad_connection_counts_are_refused_with_the_value() -> None:
-    result = run_script("scripts/bench_orders.py", "--connections", "1,x")
+    result = run_parity("bench", "orders", "--connections", "1,x")
     assert result.returncode == 2
     assert "'1,x' is not a list" in result.stderr

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scripts import bench_rate_limit
-from scripts.bench_rate_limit import Sample, summarise, write_docs
-from tests.helpers import run_script
+from parity.commands import bench_rate_limit
+from parity.commands.bench_rate_limit import Sample, summarise, write_docs
+from tests.helpers import run_parity
 
 
 def test_write_docs_replaces_only_its_own_section(tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ def test_summary_pairs_rounds_and_takes_medians() -> None:
 
 
 def test_help_describes_the_run() -> None:
-    result = run_script("scripts/bench_rate_limit.py", "--help")
+    result = run_parity("bench", "rate-limit", "--help")
     assert result.returncode == 0, result.stderr
     assert "--rounds" in result.stdout
     assert "limiter on and off" in result.stdout

@@ -1,17 +1,17 @@
-"""scripts/bench_telemetry.py: runs, reports every variant, and the numbers add up."""
+"""parity bench telemetry: runs, reports every variant, and the numbers add up."""
 
 from __future__ import annotations
 
 import json
 
-from tests.helpers import run_script
+from tests.helpers import run_parity
 
 
 def test_bench_telemetry_reports_each_feature_as_json() -> None:
     """One short round -> six variants in order, bare first at ratio 1, every added cost
     measured against the bare route (timing itself is never asserted)."""
-    result = run_script(
-        "scripts/bench_telemetry.py", "--rounds", "1", "--requests", "200", "--json", timeout=120
+    result = run_parity(
+        "bench", "telemetry", "--rounds", "1", "--requests", "200", "--json", timeout=120
     )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["results"]
@@ -26,6 +26,6 @@ def test_bench_telemetry_reports_each_feature_as_json() -> None:
 
 
 def test_bench_telemetry_refuses_a_meaningless_run() -> None:
-    result = run_script("scripts/bench_telemetry.py", "--requests", "5", timeout=60)
+    result = run_parity("bench", "telemetry", "--requests", "5", timeout=60)
     assert result.returncode == 2
     assert "--requests" in result.stderr

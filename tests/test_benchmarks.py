@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scripts.bench_middleware import attribute
-from scripts.benchdocs import replace_section
-from scripts.stack import REPO_ROOT
-from tests.helpers import needs_wrk, run_script
+from parity.commands.bench_middleware import attribute
+from parity.harness.benchdocs import replace_section
+from parity.harness.repo import REPO_ROOT
+from tests.helpers import needs_wrk, run_parity
 
 
 @pytest.mark.gunicorn
@@ -23,8 +23,8 @@ def test_middleware_tax_benchmark_measures_both_apps(tmp_path: Path) -> None:
     """1 round of 1 s per server (no profile: py-spy's attribution is checked below on
     a recorded stack) -> a ratio, CPU per request, no non-2xx answer (the rate limiter
     checked every request and refused none), and a valid PNG."""
-    process = run_script(
-        "scripts/bench_middleware.py", "--rounds", "1", "--duration", "1", "--profile", "0",
+    process = run_parity(
+        "bench", "middleware", "--rounds", "1", "--duration", "1", "--profile", "0",
         "--no-ablation", "--connections", "8", "--out", str(tmp_path),
         "--plot", str(tmp_path / "tax.png"), "--json",
     )  # fmt: skip
@@ -78,9 +78,9 @@ def test_benchmark_sections_replace_only_their_own_block(tmp_path: Path) -> None
 
 
 def test_bad_benchmark_arguments_name_the_value() -> None:
-    process = run_script("scripts/bench_middleware.py", "--rounds", "0")
+    process = run_parity("bench", "middleware", "--rounds", "0")
     assert process.returncode == 2
     assert "argument --rounds: '0' must be at least 1" in process.stderr
-    process = run_script("scripts/demo.py", "--url", "http://10.1.2.3:8000")
+    process = run_parity("demo", "--url", "http://10.1.2.3:8000")
     assert process.returncode == 2
     assert "is not on this machine" in process.stderr

@@ -1,4 +1,4 @@
-"""`make venv` (scripts/bootstrap_venv.py), the first thing the README's two commands
+"""`make venv` (scripts/parity/bootstrap.py), the first thing the README's two commands
 run: on a machine that lacks a prerequisite it says which, with the fix, before
 installing anything."""
 
@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from scripts import bootstrap_venv
+from parity import bootstrap as bootstrap_venv
 
 
 def test_a_machine_with_everything_lacks_nothing() -> None:

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from app.breaker import CircuitBreaker
 from app.settings import Settings
-from scripts.throwaway import TemporaryRedis
+from parity.harness.throwaway import TemporaryRedis
 from tests.helpers import app_client, create_product
 
 

@@ -18,7 +18,7 @@ from app.cache import VersionedCache
 from app.ratelimit.policy import RateLimitPolicy
 from app.ratelimit.sliding_window import acquire
 from app.settings import Settings
-from scripts.throwaway import TemporaryRedis
+from parity.harness.throwaway import TemporaryRedis
 from tests.helpers import app_client, create_product
 from tests.test_deploy_lb import services
 

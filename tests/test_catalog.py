@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from app.cache import VersionedCache
 from app.catalog.schemas import encode_cursor
 from app.settings import Settings
-from scripts.stack import free_port
+from parity.harness.stack import free_port
 from tests.conftest import REDIS_URL
 from tests.helpers import app_client, create_product
 

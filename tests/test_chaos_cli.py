@@ -1,15 +1,15 @@
-"""scripts/chaos.py as a CLI: help, and bad arguments named (the full run is what
+"""parity chaos as a CLI: help, and bad arguments named (the full run is what
 tests/test_outages.py asserts, phase by phase)."""
 
 from __future__ import annotations
 
 import subprocess
 
-from tests.helpers import run_script
+from tests.helpers import run_parity
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return run_script("scripts/chaos.py", *args, timeout=60)
+    return run_parity("chaos", *args, timeout=60)
 
 
 def test_help_names_the_phases_and_the_targets() -> None:

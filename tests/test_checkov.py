@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 from tests.deploy_tools import require, run_tool
 from tests.helpers import run
 from tests.test_deploy_k8s import base_with_component

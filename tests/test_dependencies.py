@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from app import __version__
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 from tests.helpers import pinned_version
 
 RUNTIME_LOCK = REPO_ROOT / "requirements.txt"
@@ -33,6 +33,8 @@ PIN = re.compile(
 # What Python 3.11's venv module installs besides pip; `uv pip sync` leaves these seed
 # packages alone (pip is pinned, so it is synced like the rest).
 VENV_SEED_PACKAGES = {"setuptools", "wheel"}
+# The project itself, installed editable by `make venv` (app/ and the `parity` command).
+PROJECT = "parity"
 
 
 def pins(lock: Path) -> dict[str, tuple[str, list[str], str | None]]:
@@ -121,7 +123,7 @@ def test_the_venv_is_exactly_the_development_lock() -> None:
     locked = pins(DEV_LOCK)
     for distribution in metadata.distributions():
         name = canonicalize_name(distribution.metadata["Name"])
-        if name not in locked and name not in VENV_SEED_PACKAGES:
+        if name not in locked and name not in VENV_SEED_PACKAGES | {PROJECT}:
             wrong.append(f"{name}: installed {distribution.version}, not in the lock")
     assert wrong == []
 

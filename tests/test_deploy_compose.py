@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from app.settings import Settings
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 from tests.deploy_tools import compose_cli, require, run_tool
 
 COMPOSE_FILE = REPO_ROOT / "compose.yaml"
@@ -266,8 +266,8 @@ def test_readme_lists_every_published_port() -> None:
 
 def test_scripts_drive_the_services_compose_defines() -> None:
     """The --compose modes of the scripts name services and users that exist here."""
-    from scripts.stack import ComposeStack
-    from scripts.tune_workers import parse_args
+    from parity.commands.tune import parse_args
+    from parity.harness.stack import ComposeStack
 
     assert ComposeStack.service in services()
     args = parse_args(["--compose"])
@@ -342,8 +342,8 @@ def offline_services_in_profile(tmp_path: Path) -> set[str]:
 
 
 def test_the_offline_images_are_the_ones_the_kit_builds() -> None:
-    """compose.offline.yaml names exactly the images scripts/offline_images.py makes."""
-    from scripts.offline_images import IMAGES
+    """compose.offline.yaml names exactly the images parity images makes."""
+    from parity.harness.images import IMAGES
 
     text = OFFLINE_FILE.read_text()
     named = set(re.findall(r"(parity-offline/[\w.-]+:[\w.-]+)", text))

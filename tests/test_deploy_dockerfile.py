@@ -2,7 +2,7 @@
 this project (the base is overridable and pinned, Gunicorn is PID 1, the health check
 needs no curl, the build context is an allow-list that covers every COPY).
 
-The image is also built and run for real by `make e2e` (scripts/compose_e2e.py)."""
+The image is also built and run for real by `make e2e` (parity e2e)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 from tests.deploy_tools import require, run_tool
 
 DOCKERFILES = sorted(

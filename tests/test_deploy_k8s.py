@@ -20,7 +20,7 @@ import yaml
 
 from app.proxy_trust import Listener, shared_identity_warning, trusted_networks
 from app.settings import SECRET_FIELDS, Settings
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 from tests.deploy_tools import load_yaml_documents, require, run_tool
 
 # Floor: the preStop `sleep` action is on by default from 1.30 (GA in 1.34). Ceiling: the

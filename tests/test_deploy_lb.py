@@ -1,6 +1,6 @@
 """The load balancer in front of the compose replicas (compose.yaml's `lb`,
 docker/haproxy/): what it publishes, whom the api trusts, what it answers itself.
-The compose e2e (scripts/compose_e2e.py) runs it for real; these check the files."""
+The compose e2e (parity e2e) runs it for real; these check the files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 from tests.deploy_tools import run_tool
 
 HAPROXY_DIR = REPO_ROOT / "docker" / "haproxy"

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.stack import REPO_ROOT, delete_redis_prefix, drop_database, free_port
+from parity.harness.repo import REPO_ROOT
+from parity.harness.stack import delete_redis_prefix, drop_database, free_port
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
 from tests.helpers import stop_process_group, wait_until_answers
 
@@ -36,7 +37,7 @@ def test_make_dev_restarts_the_api_when_a_file_under_app_changes(tmp_path: Path)
     log = tmp_path / "dev.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "scripts/stack.py", "dev", "--products", "20",
+            [sys.executable, "-m", "parity", "stack", "dev", "--products", "20",
              "--bind", f"127.0.0.1:{port}"],
             cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True,

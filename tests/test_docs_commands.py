@@ -28,13 +28,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scripts.stack import (
-    REPO_ROOT,
-    GunicornProcess,
-    delete_redis_prefix,
-    drop_database,
-    free_port,
-)
+from parity.harness.repo import REPO_ROOT
+from parity.harness.stack import GunicornProcess, delete_redis_prefix, drop_database, free_port
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
 from tests.helpers import run, stop_process_group, wait_until_answers
 
@@ -69,14 +64,14 @@ RULES = [
     Rule(r"make test", "elsewhere", "the suite itself: CI runs it as its last step",
          ".ci/run"),
     Rule(r"docker compose up|make (up|logs|down|up-offline)", "elsewhere", DOCKER,
-         "scripts/compose_e2e.py"),
-    Rule(r"docker (build|run) .*", "elsewhere", DOCKER, "scripts/compose_e2e.py"),
+         "scripts/parity/commands/e2e.py"),
+    Rule(r"docker (build|run) .*", "elsewhere", DOCKER, "scripts/parity/commands/e2e.py"),
     Rule(r"make up && make demo DEMO_ARGS=--compose", "elsewhere", DOCKER,
-         "scripts/compose_e2e.py"),
-    Rule(r".*--compose.*", "elsewhere", DOCKER, "scripts/compose_e2e.py"),
+         "scripts/parity/commands/e2e.py"),
+    Rule(r".*--compose.*", "elsewhere", DOCKER, "scripts/parity/commands/e2e.py"),
     Rule(r"make lock-check", "elsewhere", "needs the package index: a CI step of its own",
          ".ci/run"),
-    Rule(r"make lock|\.venv/bin/python scripts/lock\.py .*", "elsewhere",
+    Rule(r"make lock|\.venv/bin/parity lock .*", "elsewhere",
          "rewrites the committed locks; `make lock-check` runs the same export elsewhere",
          ".ci/run"),
     Rule(r"(kubectl|kustomize|mkdir -p overlays).*", "elsewhere",
@@ -86,20 +81,20 @@ RULES = [
     Rule(r"curl .*", "served"),
     Rule(r"make loadtest.*", "served", f'LOCUST_ARGS+="{QUICK_LOCUST}"'),
     Rule(r"make demo DEMO_ARGS=\"--url .*\"", "served", f'DEMO_ARGS+="{QUICK_DEMO}"'),
-    Rule(r"\.venv/bin/python scripts/verify_rate_limit\.py --url .*", "served",
+    Rule(r"\.venv/bin/parity verify rate-limit --url .*", "served",
          "--requests 30"),
     # --- tools that start their own servers -----------------------------------------
     Rule(r"make tune.*", "run", f'TUNE_ARGS+="{QUICK_TUNE}"'),
     Rule(r"make demo", "run", f'DEMO_ARGS="{QUICK_DEMO}"'),
     Rule(r"make verify-shutdown", "run", f'VERIFY_SHUTDOWN_ARGS="{QUICK_SHUTDOWN}"'),
-    Rule(r"\.venv/bin/python scripts/tune_workers\.py --native.*", "run", QUICK_TUNE),
-    Rule(r"\.venv/bin/python scripts/verify_rate_limit\.py --native.*", "run"),
-    Rule(r"\.venv/bin/python scripts/bench_rate_limit\.py", "run",
+    Rule(r"\.venv/bin/parity tune --native.*", "run", QUICK_TUNE),
+    Rule(r"\.venv/bin/parity verify rate-limit --native.*", "run"),
+    Rule(r"\.venv/bin/parity bench rate-limit", "run",
          "--rounds 1 --duration 1"),
-    Rule(r"\.venv/bin/python scripts/chaos\.py.*", "run", "--phase-seconds 2 --plot {tmp}/c.png"),
-    Rule(r"\.venv/bin/python scripts/verify_graceful_shutdown\.py --native.*", "run",
+    Rule(r"\.venv/bin/parity chaos.*", "run", "--phase-seconds 2 --plot {tmp}/c.png"),
+    Rule(r"\.venv/bin/parity verify shutdown --native.*", "run",
          QUICK_SHUTDOWN),
-    Rule(r"\.venv/bin/python scripts/verify_graceful_shutdown\.py --pid .*", "run",
+    Rule(r"\.venv/bin/parity verify shutdown --pid .*", "run",
          QUICK_SHUTDOWN),
 ]  # fmt: skip
 
@@ -253,7 +248,7 @@ def test_no_documented_command_uses_a_bare_python() -> None:
     for documented in documented_commands():
         assert not re.match(r"python3? ", documented.command), documented
     for path in DOCUMENTS:
-        inline = re.findall(r"`python3? scripts/[^`]*`", path.read_text())
+        inline = re.findall(r"`(?:python3? |\.venv/bin/python )scripts/[^`]*`", path.read_text())
         assert not inline, f"{path.name}: {inline}"
 
 
@@ -303,8 +298,8 @@ def with_outputs_in(command: str, tmp_path: Path) -> str:
         return bounded(command, f'TUNE_ARGS+="--out {tmp_path}/tune"', tmp_path)
     if command.startswith("make verify-shutdown"):
         return f"{command} RESULTS={tmp_path}"
-    if "tune_workers.py" in command:
+    if "parity tune" in command:
         return f"{command} --out {tmp_path}/tune"
-    if "bench_rate_limit.py" in command:
+    if "parity bench rate-limit" in command:
         return f"{command} --plot {tmp_path}/bench.png"
     return command

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from app.deps import SessionDep
 from app.main import create_app
 from app.settings import Settings
-from scripts.stack import _asyncpg_dsn, free_port
+from parity.harness.stack import _asyncpg_dsn, free_port
 from tests.helpers import app_client, asgi_client
 
 PROBLEM = "application/problem+json"
@@ -130,7 +130,7 @@ async def test_openapi_documents_problem_responses_for_every_error(
 async def test_a_connection_lost_after_the_work_is_done_does_not_spoil_the_answer(
     make_settings: Callable[..., Settings], database_url: str
 ) -> None:
-    """Found by scripts/chaos.py: Postgres stopped right after a route had read its
+    """Found by parity chaos: Postgres stopped right after a route had read its
     rows; closing the session (a rollback) then failed on the dead connection and the
     client got a dropped connection instead of the 200 already computed."""
     app = create_app(make_settings())

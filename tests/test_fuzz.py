@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, seed
+from parity.harness.repo import REPO_ROOT
+from parity.harness.stack import GunicornProcess, NativeStack, seed
 from tests.helpers import run
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]

@@ -9,14 +9,14 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from scripts.stack import (
+from parity.commands.stack import serving_line
+from parity.harness.stack import (
     GunicornProcess,
     NativeStack,
     drop_database,
     ensure_database,
     migrate,
     seed,
-    serving_line,
 )
 from tests.conftest import unique_name
 

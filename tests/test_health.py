@@ -10,7 +10,7 @@ import httpx
 
 from app.health import READY_CACHE_SECONDS
 from app.settings import Settings
-from scripts.stack import free_port
+from parity.harness.stack import free_port
 from tests.helpers import app_client
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.healthcheck import connection_for
-from scripts.stack import GunicornProcess, free_port
+from parity.harness.stack import GunicornProcess, free_port
 from tests.helpers import run
 
 

@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 
-from scripts.stack import GunicornProcess, NativeStack, _asyncpg_dsn
+from parity.harness.stack import GunicornProcess, NativeStack, _asyncpg_dsn
 from tests.conftest import unique_name
 from tests.helpers import create_product_sync
 

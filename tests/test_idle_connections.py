@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 
 import pytest
 
-from scripts.stack import GunicornProcess
+from parity.harness.stack import GunicornProcess
 
 pytestmark = pytest.mark.gunicorn
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from app.listeners import served_on
 from app.settings import Settings
-from scripts.stack import GunicornProcess, free_port
+from parity.harness.stack import GunicornProcess, free_port
 from tests.helpers import run
 
 pytestmark = pytest.mark.gunicorn

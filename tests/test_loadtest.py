@@ -1,6 +1,6 @@
 """The Locust scenarios and the worker-count sweep, run for real: Locust (a subprocess,
 so gevent never patches this process) against a natively started Gunicorn, and
-`scripts/tune_workers.py` as a user runs it, interrupted with Ctrl-C."""
+`parity tune` as a user runs it, interrupted with Ctrl-C."""
 
 from __future__ import annotations
 
@@ -26,19 +26,29 @@ from sqlalchemy.engine import make_url
 
 from app.settings import Settings
 from loadtest.loadstats import Report, find_knee, shape_tick
-from scripts.loadgen import LOCUST_CONF, LocustResult, locust_env, run_locust
-from scripts.prometheus_native import NativePrometheus, binaries, missing_reason, native_config
-from scripts.promql_inventory import DASHBOARD_DIR, GrafanaContext, inventory
-from scripts.stack import (
-    REPO_ROOT,
+from parity.commands.tune import Point, recommend, top_pids
+from parity.commands.verify_dashboards import (
+    NATIVE_DROPPED_JOBS,
+    Check,
+    check_all,
+    pending_problems,
+)
+from parity.harness.loadgen import LOCUST_CONF, LocustResult, locust_env, run_locust
+from parity.harness.prometheus_native import (
+    NativePrometheus,
+    binaries,
+    missing_reason,
+    native_config,
+)
+from parity.harness.promql_inventory import DASHBOARD_DIR, GrafanaContext, inventory
+from parity.harness.repo import REPO_ROOT
+from parity.harness.stack import (
     GunicornProcess,
     NativeStack,
     delete_redis_prefix,
     drop_database,
     free_port,
 )
-from scripts.tune_workers import Point, recommend, top_pids
-from scripts.verify_dashboards import NATIVE_DROPPED_JOBS, Check, check_all, pending_problems
 from tests.conftest import REDIS_URL, SERVER_URL, unique_name
 from tests.helpers import needs_wrk, pinned_version, run
 
@@ -208,7 +218,7 @@ def test_locust_exports_client_side_statistics_for_prometheus(scenario_run: Scen
 def test_every_load_test_dashboard_expression_returns_data(scenario_run: ScenarioRun) -> None:
     """A real Prometheus scraped the API and the Locust exporter every second during the
     run -> every expression of the Load test dashboard (extracted from the JSON by
-    scripts/promql_inventory.py) returns data, except those waiting for a metric the API
+    parity.harness.promql_inventory) returns data, except those waiting for a metric the API
     does not export yet (and those are checked to still be missing)."""
     if scenario_run.checks is None:
         pytest.skip(missing_reason())
@@ -277,7 +287,7 @@ def test_a_headless_run_with_no_api_fails_at_once_naming_the_host() -> None:
     assert time.monotonic() - started < 30
 
 
-# --- scripts/tune_workers.py -------------------------------------------------------------
+# --- parity tune -------------------------------------------------------------
 
 
 def test_tune_workers_rejects_bad_arguments_naming_the_value() -> None:
@@ -286,7 +296,7 @@ def test_tune_workers_rejects_bad_arguments_naming_the_value() -> None:
         (["--slo-p95-ms", "fast"], "argument --slo-p95-ms: 'fast' is not a number"),
     ):
         process = run(
-            [sys.executable, "scripts/tune_workers.py", *args],
+            [sys.executable, "-m", "parity", "tune", *args],
             timeout=60,
         )  # fmt: skip
         assert process.returncode == 2, args
@@ -306,7 +316,7 @@ def test_tune_workers_measures_counts_and_keeps_them_on_ctrl_c(tmp_path: Path) -
         "REDIS_URL": REDIS_URL,
     }
     process = subprocess.Popen(
-        [sys.executable, "scripts/tune_workers.py", "--native", "--workers", "1-3",
+        [sys.executable, "-m", "parity", "tune", "--native", "--workers", "1-3",
          "--duration", "2", "--warmup", "0", "--users", "4", "--products", "300",
          "--out", str(tmp_path), "--json"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -447,7 +457,7 @@ def test_demo_loads_a_running_api_and_says_what_is_missing_natively(
     """`demo.py --url` for 4 s -> a status line from the users, the URLs that exist here,
     and the plain statement that Grafana and Jaeger do not run natively."""
     process = run(
-        [sys.executable, "scripts/demo.py", "--url", seeded_server.base_url, "--duration", "4",
+        [sys.executable, "-m", "parity", "demo", "--url", seeded_server.base_url, "--duration", "4",
          "--users", "4", "--products", str(PRODUCTS), "--no-prometheus", "--out", str(tmp_path)],
         timeout=120,
     )  # fmt: skip
@@ -464,13 +474,13 @@ def test_demo_loads_a_running_api_and_says_what_is_missing_natively(
 def test_route_benchmark_measures_every_route_without_errors(
     seeded_server: GunicornProcess, tmp_path: Path
 ) -> None:
-    """scripts/bench_routes.py --url: cached, uncached, list and order routes, 1 round of
+    """parity bench routes --url: cached, uncached, list and order routes, 1 round of
     1 s per load, 8 connections at most (fewer than the pooled database connections:
     this checks the script, not the capacity) -> throughput for each, 0 errors (every
     request passed the rate limiter with an identity of its own), and the uncached reads
     really missed the cache."""
     process = run(
-        [sys.executable, "scripts/bench_routes.py", "--url", seeded_server.base_url,
+        [sys.executable, "-m", "parity", "bench", "routes", "--url", seeded_server.base_url,
          "--redis-prefix", seeded_server.env["REDIS_KEY_PREFIX"], "--products", str(PRODUCTS),
          "--rounds", "1", "--duration", "1", "--connections", "8", "--json",
          "--out", str(tmp_path / "routes.json")],

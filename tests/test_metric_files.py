@@ -29,7 +29,7 @@ from app.telemetry.metric_files import (
     LockedMultiProcessCollector,
     compact_dead_workers,
 )
-from scripts.stack import GunicornProcess
+from parity.harness.stack import GunicornProcess
 from tests.helpers import parse_metrics, sample_sum
 
 # One "worker": counts `jobs` jobs of each kind, observes `jobs` latencies, holds a

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.samples import Sample
 
-from scripts.stack import GunicornProcess, NativeStack, seed, start_gunicorn
+from parity.harness.stack import GunicornProcess, NativeStack, seed, start_gunicorn
 from tests.helpers import parse_metrics, sample_sum
 
 pytestmark = pytest.mark.gunicorn

@@ -10,8 +10,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from scripts.prometheus_native import binaries, missing_reason
-from scripts.stack import GunicornProcess
+from parity.harness.prometheus_native import binaries, missing_reason
+from parity.harness.stack import GunicornProcess
 from tests.helpers import run
 
 # metric family -> why its finding is accepted

@@ -15,7 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db import Base
-from scripts.stack import REPO_ROOT, drop_database, ensure_database
+from parity.harness.repo import REPO_ROOT
+from parity.harness.stack import drop_database, ensure_database
 from tests.conftest import SERVER_URL, unique_name
 
 

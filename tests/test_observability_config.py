@@ -17,10 +17,19 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import yaml
 
-from scripts import grafana_dashboards
-from scripts.dashboards import DASHBOARD_DIR, render_all
-from scripts.grafana_dashboards import stale_files
-from scripts.prometheus_native import (
+from parity.commands import dashboards as grafana_dashboards
+from parity.commands.dashboards import stale_files
+from parity.commands.verify_dashboards import (
+    NATIVE_DROPPED,
+    NATIVE_DROPPED_JOBS,
+    OPTIONAL_JOBS,
+    check_all,
+    rule_problems,
+    unavailable_jobs,
+    verify_jobs,
+)
+from parity.dashboards import DASHBOARD_DIR, render_all
+from parity.harness.prometheus_native import (
     PROMETHEUS_CONFIG,
     PROMETHEUS_DIR,
     NativePrometheus,
@@ -29,7 +38,7 @@ from scripts.prometheus_native import (
     native_config,
     promtool,
 )
-from scripts.promql_inventory import (
+from parity.harness.promql_inventory import (
     DATASOURCES_FILE,
     Expression,
     GrafanaContext,
@@ -44,16 +53,8 @@ from scripts.promql_inventory import (
     substitute,
     variable_values,
 )
-from scripts.stack import REPO_ROOT, StackError, free_port
-from scripts.verify_dashboards import (
-    NATIVE_DROPPED,
-    NATIVE_DROPPED_JOBS,
-    OPTIONAL_JOBS,
-    check_all,
-    rule_problems,
-    unavailable_jobs,
-    verify_jobs,
-)
+from parity.harness.repo import REPO_ROOT
+from parity.harness.stack import StackError, free_port
 
 OBSERVABILITY = REPO_ROOT / "observability"
 COLLECTOR_CONFIG = OBSERVABILITY / "otel-collector" / "config.yaml"

@@ -2,7 +2,7 @@
 observability/prometheus/prometheus.yml, 1 s intervals) scrapes a real Gunicorn with 2
 workers under mixed traffic, then every PromQL expression of every dashboard, datasource
 and rule file is queried through Prometheus' HTTP API (extracted from the files by
-scripts/promql_inventory.py, never copied here)."""
+scripts/parity/harness/promql_inventory.py, never copied here)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from scripts.prometheus_native import binaries, missing_reason
-from scripts.promql_inventory import GrafanaContext, inventory, required_jobs
-from scripts.stack import GunicornProcess, NativeStack, seed
-from scripts.throwaway import TemporaryRedis
-from scripts.traffic import ORDERS, PRODUCT, PRODUCTS
-from scripts.verify_dashboards import (
+from parity.commands.verify_dashboards import (
     NATIVE_DROPPED,
     TRAFFIC_APP_ENV,
     default_phases,
     native_prometheus,
     verify,
 )
+from parity.harness.prometheus_native import binaries, missing_reason
+from parity.harness.promql_inventory import GrafanaContext, inventory, required_jobs
+from parity.harness.stack import GunicornProcess, NativeStack, seed
+from parity.harness.throwaway import TemporaryRedis
+from parity.harness.traffic import ORDERS, PRODUCT, PRODUCTS
 from tests.conftest import unique_name
 
 pytestmark = [

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.client_identity import issue_key
-from scripts.stack import GunicornProcess, NativeStack
+from parity.harness.stack import GunicornProcess, NativeStack
 from tests.conftest import REDIS_URL
 from tests.helpers import create_product, create_product_sync
 

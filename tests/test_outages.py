@@ -1,5 +1,5 @@
 """Dependency faults for real: a Gunicorn with 2 workers on its own throwaway Postgres
-and Redis (scripts/throwaway.py), under a steady load (scripts/load.py's SteadyLoad),
+and Redis (parity.harness.throwaway), under a steady load (parity.harness.load.SteadyLoad),
 while the test stops, hangs and restarts them. Both URLs carry passwords, and the
 last step of each test greps the server's log and the answers for them."""
 
@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from scripts.chaos import DB_ROUTES, wait_ready
-from scripts.load import Sample, SteadyLoad, default_requests
-from scripts.stack import GunicornProcess, NativeStack
-from scripts.throwaway import TemporaryPostgres, TemporaryRedis
+from parity.commands.chaos import DB_ROUTES, wait_ready
+from parity.harness.load import Sample, SteadyLoad, default_requests
+from parity.harness.stack import GunicornProcess, NativeStack
+from parity.harness.throwaway import TemporaryPostgres, TemporaryRedis
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 

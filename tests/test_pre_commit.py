@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 from tests.helpers import run
 
 CONFIG = REPO_ROOT / ".pre-commit-config.yaml"

@@ -8,7 +8,7 @@ import json
 from http import HTTPStatus
 
 from app.problem import PROBLEM_MEDIA_TYPE, problem_body, problem_bytes, problem_response
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 
 
 def test_the_problem_module_imports_nothing_from_the_app() -> None:

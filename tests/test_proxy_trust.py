@@ -22,7 +22,8 @@ from app.proxy_trust import (
     shared_identity_warning,
     trusted_networks,
 )
-from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, start_gunicorn
+from parity.harness.repo import REPO_ROOT
+from parity.harness.stack import GunicornProcess, NativeStack, start_gunicorn
 from tests.test_deploy_lb import default, services
 
 Start = Callable[..., GunicornProcess]

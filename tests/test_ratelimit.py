@@ -23,7 +23,7 @@ from redis import Redis
 from app.client_identity import client_identity, key_hash
 from app.main import create_app
 from app.settings import Settings
-from scripts.throwaway import TemporaryRedis
+from parity.harness.throwaway import TemporaryRedis
 from tests.conftest import REDIS_URL
 from tests.helpers import run
 

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from app.ratelimit.policy import RateLimitPolicy
 from app.ratelimit.sliding_window import SLIDING_WINDOW_LOG_SHA, Decision, acquire
-from scripts.throwaway import TemporaryRedis
+from parity.harness.throwaway import TemporaryRedis
 from tests.conftest import REDIS_URL
 
 T0 = 1_700_000_000_000  # an arbitrary "now" in ms

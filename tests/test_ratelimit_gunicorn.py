@@ -1,7 +1,7 @@
 """The limit holds across real Gunicorn workers: exactly the quota per client with 4
 workers deciding, only issued API keys making clients of their own, X-Forwarded-For
 believed only from proxies in the trusted range (a CIDR network, as an ingress
-controller's pods are), and `scripts/verify_rate_limit.py --native` passing."""
+controller's pods are), and `parity verify rate-limit --native` passing."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ import httpx
 import pytest
 
 from app.client_identity import issue_key
-from scripts.stack import GunicornProcess, NativeStack
-from scripts.verify_rate_limit import (
+from parity.commands.verify_rate_limit import (
     UNTRUSTED_LOOPBACK,
     IdentityReport,
     Policy,
@@ -26,6 +25,7 @@ from scripts.verify_rate_limit import (
     forged_addresses,
     open_connections,
 )
+from parity.harness.stack import GunicornProcess, NativeStack
 from tests.conftest import REDIS_URL
 from tests.helpers import run
 
@@ -171,12 +171,15 @@ def test_x_forwarded_for_from_a_trusted_proxy_range_is_believed(server: Gunicorn
 
 
 def test_verify_script_passes_natively_with_four_workers(database_url: str) -> None:
-    """`python scripts/verify_rate_limit.py --native --json` starts its own Gunicorn
+    """`parity verify rate-limit --native --json` starts its own Gunicorn
     (4 workers) and exits 0 reporting exactly the quota for every client."""
     result = run(
         [
             sys.executable,
-            "scripts/verify_rate_limit.py",
+            "-m",
+            "parity",
+            "verify",
+            "rate-limit",
             "--native",
             "--quota",
             str(QUOTA),

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from scripts.stack import GunicornProcess, free_port
-from scripts.verify_rate_limit import close_connections, open_connections
+from parity.commands.verify_rate_limit import close_connections, open_connections
+from parity.harness.stack import GunicornProcess, free_port
 from tests.conftest import REDIS_URL
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]

@@ -11,7 +11,7 @@ import pytest
 
 from app.settings import Settings, load_settings
 from app.worker import available_cpus, cgroup_cpu_limit, default_workers
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 from tests.helpers import run, run_gunicorn
 
 

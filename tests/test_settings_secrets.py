@@ -20,7 +20,7 @@ import yaml
 
 import app.settings
 from app.settings import SECRET_FIELDS, SecretsDirError, Settings, load_settings
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 from tests.deploy_tools import compose_cli, run_tool
 from tests.helpers import run_gunicorn
 

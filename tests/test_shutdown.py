@@ -20,21 +20,21 @@ from asgi_lifespan import LifespanManager
 
 from app.main import create_app
 from app.settings import Settings
-from scripts.stack import GunicornProcess, NativeStack
+from parity.harness.stack import GunicornProcess, NativeStack
 from tests.helpers import run
 
 Start = Callable[..., GunicornProcess]
 PHASES = ["signal", "delay", "stop_accepting", "drain", "lifespan_shutdown", "exit"]
 DEMO = {"DEMO_ENDPOINTS_ENABLED": "true"}
-SCRIPT = "scripts/verify_graceful_shutdown.py"
+COMMAND = ["-m", "parity", "verify", "shutdown"]
 
 
 def run_verification(native_stack: NativeStack, *args: str) -> tuple[int, dict[str, Any]]:
-    """`python scripts/verify_graceful_shutdown.py --native --json ...` as a user runs
+    """`parity verify shutdown --native --json ...` as a user runs
     it: on this session's Postgres server, with a database and Redis prefix of its own."""
     env = {**os.environ, **native_stack.app_env()}
     result = run(
-        [sys.executable, SCRIPT, "--native", "--json", "--quiet", *args],
+        [sys.executable, *COMMAND, "--native", "--json", "--quiet", *args],
         env=env,
         timeout=240,
     )

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from app.settings import CUT_OFF_GRACE_SECONDS, Settings
-from scripts.stack import REPO_ROOT
+from parity.harness.repo import REPO_ROOT
 from tests.helpers import run
 
 SHUTDOWN_VARIABLES = (

@@ -10,7 +10,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scripts.throwaway import TemporaryPostgres, TemporaryRedis
+from parity.harness.throwaway import TemporaryPostgres, TemporaryRedis
 
 
 async def _select_one(port: int) -> int:

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from app.proxy_trust import trusted_networks
 from app.settings import Settings
 from app.telemetry.tracing import UNTRUSTED_LINK_ATTRIBUTES, Tracing
-from scripts.stack import GunicornProcess
+from parity.harness.stack import GunicornProcess
 from tests.otlp_receiver import SERVER, OtlpReceiver
 from tests.test_tracing import traceparent
 

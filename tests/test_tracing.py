@@ -36,7 +36,8 @@ from app.settings import Settings
 from app.telemetry.logging import RequestContextFilter
 from app.telemetry.middleware import redacted_query, server_address
 from app.telemetry.tracing import Tracing, opt_in_to_stable_database_conventions, start_tracing
-from scripts.stack import REPO_ROOT, GunicornProcess, NativeStack, free_port
+from parity.harness.repo import REPO_ROOT
+from parity.harness.stack import GunicornProcess, NativeStack, free_port
 from tests.conftest import REDIS_URL
 from tests.helpers import (
     app_client,

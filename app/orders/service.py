@@ -11,7 +11,7 @@ Round trips (issue 16): the last line's UPDATE, the INSERT of every line and the
 order's confirmation are one statement (CONFIRM), and the answer is built from what
 the statements returned, not read back. A one-line order is BEGIN, the order row's
 INSERT, CONFIRM, COMMIT, plus the pool's pre-ping, then one Redis call for the cache
-(scripts/bench_orders.py measures it against the same SQL in pgbench).
+(parity bench orders measures it against the same SQL in pgbench).
 
 Idempotency (the IETF Idempotency-Key draft's model): a key belongs to the client that
 sent it (`client_identity`: a verified API key, else the address) and lives for

@@ -4,7 +4,7 @@ commands that arrive meanwhile wait and then go together, as one pipeline.
 Why: the rate limiter sends one EVALSHA per request, and under load a worker has dozens
 of them at once. Sent one by one, each pays its own socket write, read and event-loop
 wake-up in the worker and in Redis; sent as one pipeline, a batch pays them once.
-`scripts/bench_autopipeline.py` measures it side by side (docs/benchmarks.md).
+`parity bench autopipeline` measures it side by side (docs/benchmarks.md).
 
 At low load nothing waits: a command that finds nothing on the wire is sent at once,
 alone, by its caller, so a lone request gets the latency of a plain call. The commands
