@@ -25,6 +25,8 @@ from prometheus_client.samples import Sample
 from app.main import create_app
 from app.settings import Settings
 from parity.harness.repo import REPO_ROOT
+from parity.harness.stack import StackError
+from parity.harness.stack import wait_until_answers as harness_wait
 
 
 @asynccontextmanager
@@ -134,18 +136,18 @@ def run_gunicorn(env: dict[str, str], timeout: float = 60) -> subprocess.Complet
 def wait_until_answers(
     url: str, *, timeout: float, process: subprocess.Popen[Any] | None = None
 ) -> None:
-    """Poll `url` until it answers 200; fail at once if `process` (the server) exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the server exited {process.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer 200 within {timeout:.0f} s")
+    """Poll `url` until it answers 200 (the harness's loop); fail at once if `process`
+    (the server) exits. A failure is the test's: AssertionError."""
+
+    def exited() -> str | None:
+        if process is None or process.poll() is None:
+            return None
+        return f"the server exited {process.returncode} before {url} answered"
+
+    try:
+        harness_wait(url, timeout=timeout, interval=0.3, gone=exited)
+    except StackError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def stop_process_group(process: subprocess.Popen[Any]) -> None:

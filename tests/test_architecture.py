@@ -1,5 +1,5 @@
-"""docs/architecture.md is a map of app/ that stays true: every module is on it, and
-every path it names exists."""
+"""docs/architecture.md is a map of app/ and of the tools' harness that stays true:
+every module is on it, and every path it names exists."""
 
 from __future__ import annotations
 
@@ -36,3 +36,16 @@ def test_every_path_the_page_names_exists() -> None:
     assert "app/main.py" in named
     gone = sorted(path for path in named if not (REPO_ROOT / path.rstrip("/")).exists())
     assert not gone, f"docs/architecture.md names paths that do not exist: {gone}"
+
+
+HARNESS = REPO_ROOT / "scripts" / "parity" / "harness"
+NAMED_HARNESS_MODULE = re.compile(r"`harness/(\w+\.py)`")
+
+
+def test_every_harness_module_is_on_the_page_and_exists() -> None:
+    """The tools' table names each shared module once, by `harness/NAME.py`."""
+    text = PAGE.read_text()
+    on_disk = {path.name for path in HARNESS.glob("*.py") if path.name != "__init__.py"}
+    named = set(NAMED_HARNESS_MODULE.findall(text))
+    assert on_disk - named == set(), "harness modules docs/architecture.md does not place"
+    assert named - on_disk == set(), "docs/architecture.md names harness modules that are gone"

@@ -1,5 +1,5 @@
 """Dependency faults for real: a Gunicorn with 2 workers on its own throwaway Postgres
-and Redis (parity.harness.throwaway), under a steady load (parity.harness.load.SteadyLoad),
+and Redis (parity.harness.throwaway), under a steady load (parity.harness.load.Load),
 while the test stops, hangs and restarts them. Both URLs carry passwords, and the
 last step of each test greps the server's log and the answers for them."""
 
@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from parity.commands.chaos import DB_ROUTES, wait_ready
-from parity.harness.load import Sample, SteadyLoad, default_requests
+from parity.harness.load import Load, Sample, cycle, default_requests
 from parity.harness.stack import GunicornProcess, NativeStack
 from parity.harness.throwaway import TemporaryPostgres, TemporaryRedis
 
@@ -59,11 +59,14 @@ def stack(
     return postgres, redis, native
 
 
-def load_for(server: GunicornProcess) -> SteadyLoad:
+def load_for(server: GunicornProcess) -> Load:
     page = httpx.get(f"{server.base_url}/api/v1/products", params={"limit": 3}, timeout=10)
     ids = [item["id"] for item in page.json()["items"]]
-    return SteadyLoad(
-        server.base_url, default_requests(ids), concurrency=3, headers={"X-API-Key": API_KEY}
+    return Load(
+        server.base_url,
+        cycle(default_requests(ids)),
+        concurrency=3,
+        headers={"X-API-Key": API_KEY},
     )
 
 

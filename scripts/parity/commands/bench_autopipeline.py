@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ from app.ratelimit.policy import RateLimitPolicy
 from app.ratelimit.sliding_window import SLIDING_WINDOW_LOG, acquire
 from parity.harness.options import positive_int
 from parity.harness.repo import REPO_ROOT
+from parity.harness.report import markdown_table, write_json
 
 POLICY = RateLimitPolicy("bench", 1_000_000_000, 60)
 KEYS = 500  # distinct clients, so the lists stay short
@@ -116,25 +116,36 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Measure]]:
 
 
 def table(results: dict[str, dict[str, Measure]]) -> str:
-    lines = [
-        "| concurrent callers | | worker CPU / decision | Redis CPU / decision "
-        "| of which the script | wall / decision |",
-        "|---:|---|---:|---:|---:|---:|",
-    ]
+    rows: list[list[str]] = []
     for concurrency, modes in results.items():
         plain, piped = modes["plain"], modes["pipelined"]
-        lines.append(
-            f"| {concurrency} | plain | {plain.client_cpu_us:.1f} µs | "
-            f"{plain.redis_cpu_us:.1f} µs | {plain.script_us:.1f} µs | {plain.wall_us:.1f} µs |"
-        )
-        lines.append(
-            f"| | pipelined | {piped.client_cpu_us:.1f} µs "
-            f"(× {piped.client_cpu_us / plain.client_cpu_us:.2f}) | "
-            f"{piped.redis_cpu_us:.1f} µs (× {piped.redis_cpu_us / plain.redis_cpu_us:.2f}) | "
-            f"{piped.script_us:.1f} µs | "
-            f"{piped.wall_us:.1f} µs (× {piped.wall_us / plain.wall_us:.2f}) |"
-        )
-    return "\n".join(lines)
+        rows += [
+            [
+                concurrency,
+                "plain",
+                f"{plain.client_cpu_us:.1f} µs",
+                f"{plain.redis_cpu_us:.1f} µs",
+                f"{plain.script_us:.1f} µs",
+                f"{plain.wall_us:.1f} µs",
+            ],
+            [
+                "",
+                "pipelined",
+                f"{piped.client_cpu_us:.1f} µs (× {piped.client_cpu_us / plain.client_cpu_us:.2f})",
+                f"{piped.redis_cpu_us:.1f} µs (× {piped.redis_cpu_us / plain.redis_cpu_us:.2f})",
+                f"{piped.script_us:.1f} µs",
+                f"{piped.wall_us:.1f} µs (× {piped.wall_us / plain.wall_us:.2f})",
+            ],
+        ]
+    header = [
+        "concurrent callers",
+        "",
+        "worker CPU / decision",
+        "Redis CPU / decision",
+        "of which the script",
+        "wall / decision",
+    ]
+    return markdown_table(header, rows, align="r-rrrr")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -164,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     print(f"\nMedians of {args.rounds} rounds × {args.decisions} decisions, alternating order.")
     out = REPO_ROOT / "results" / f"bench-autopipeline-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(exist_ok=True)
     payload = {c: {m: asdict(v) for m, v in modes.items()} for c, modes in results.items()}
-    out.write_text(json.dumps(payload, indent=2))
+    write_json(out, payload)
     print(f"results: {out}")
     return 0

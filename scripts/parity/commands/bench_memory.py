@@ -57,6 +57,7 @@ from parity.harness.bench_apps import TRIVIAL_PATH
 from parity.harness.benchdocs import machine_sentence, replace_section
 from parity.harness.options import positive_int
 from parity.harness.repo import REPO_ROOT
+from parity.harness.report import figure, markdown_table, progress, write_json
 from parity.harness.stack import (
     GunicornProcess,
     NativeStack,
@@ -98,10 +99,6 @@ request = function()
   return wrk.format("GET", path, {{["X-Forwarded-For"] = address}})
 end
 """
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- interpreters ------------------------------------------------------------------------
@@ -170,9 +167,11 @@ def prepare_interpreter(spec: str, workdir: Path) -> Interpreter:
             return Interpreter(spec, None, error=" / ".join(tail))
     python = str(venv / "bin" / "python")
     cache = workdir / f"pycache-{venv.name}"
-    return Interpreter(
-        spec, python, python_version(python), env={"PYTHONPYCACHEPREFIX": str(cache)}
-    )
+    # The throwaway venv holds the runtime requirements only, not the editable install:
+    # Gunicorn finds app/ from its working directory, and the benchmark's apps
+    # (parity.harness.bench_apps) through PYTHONPATH.
+    env = {"PYTHONPYCACHEPREFIX": str(cache), "PYTHONPATH": str(REPO_ROOT / "scripts")}
+    return Interpreter(spec, python, python_version(python), env=env)
 
 
 # --- servers and memory ------------------------------------------------------------------
@@ -650,24 +649,32 @@ def memory_markdown(result: dict[str, Any], command: str) -> str:
         ("after warm-up", s["after_warmup"]),
         (f"after {s['requests']:,} requests", s["after_load"]),
     ]
-    lines = [
-        f"| RSS (MiB) | master | each worker (mean; max) | master + {workers} workers |",
-        "|---|---:|---:|---:|",
+    rows = [
+        [
+            title,
+            f"{point['master']['rss']:.0f}",
+            f"{worker_mean(point):.0f}; {worker_max(point):.0f}",
+            f"{point['total']['rss']:.0f}",
+        ]
+        for title, point in phases
     ]
-    for title, point in phases:
-        lines.append(
-            f"| {title} | {point['master']['rss']:.0f} | {worker_mean(point):.0f}; "
-            f"{worker_max(point):.0f} | {point['total']['rss']:.0f} |"
-        )
     end, grew = s["after_load"], s["growth_mib_per_100k"]
-    lines += [
-        f"| USS / PSS after the load | {end['master']['uss']:.0f} / {end['master']['pss']:.0f} | "
-        f"{worker_mean(end, 'uss'):.0f} / {worker_mean(end, 'pss'):.0f} | "
-        f"{end['total']['uss']:.0f} / **{end['total']['pss']:.0f}** |",
-        f"| growth, MiB per 100k requests (from {grew.get('from_requests', 0):,} on) | "
-        f"{grew['master']:+.2f} | **{grew['worker_mean']:+.2f}** "
-        f"(max {grew['worker_max']:+.2f}) | |",
+    rows += [
+        [
+            "USS / PSS after the load",
+            f"{end['master']['uss']:.0f} / {end['master']['pss']:.0f}",
+            f"{worker_mean(end, 'uss'):.0f} / {worker_mean(end, 'pss'):.0f}",
+            f"{end['total']['uss']:.0f} / **{end['total']['pss']:.0f}**",
+        ],
+        [
+            f"growth, MiB per 100k requests (from {grew.get('from_requests', 0):,} on)",
+            f"{grew['master']:+.2f}",
+            f"**{grew['worker_mean']:+.2f}** (max {grew['worker_max']:+.2f})",
+            "",
+        ],
     ]
+    header = ["RSS (MiB)", "master", "each worker (mean; max)", f"master + {workers} workers"]
+    lines = [markdown_table(header, rows, align="-rrr")]
     image = s["image"]
     image_text = (
         f"{image['size_mb']:.0f} MB (`{image['image']}`, `docker image inspect`)"
@@ -700,15 +707,26 @@ def memory_markdown(result: dict[str, Any], command: str) -> str:
         f"answers, {s.get('socket_errors', 0)} socket errors (wrk counts no answer within 2 s "
         "as one).",
         "",
-        "| memory per server (container / pod) | MiB |",
-        "|---|---:|",
-        f"| measured: master + {workers} workers after the load, RSS / PSS | "
-        f"{end['total']['rss']:.0f} / {end['total']['pss']:.0f} |",
-        f"| need: master + {workers} × (largest worker + growth until recycled after "
-        f"{rec['recycle_after']:,} requests) | {rec['need_mib']:.0f} |",
-        f"| **recommended limit** (need × {HEADROOM}, rounded up to {ROUND_TO_MIB} MiB) | "
-        f"**{rec['limit_mib']}** |",
-        f"| configured | {configured or 'none found'} |",
+        markdown_table(
+            ["memory per server (container / pod)", "MiB"],
+            [
+                [
+                    f"measured: master + {workers} workers after the load, RSS / PSS",
+                    f"{end['total']['rss']:.0f} / {end['total']['pss']:.0f}",
+                ],
+                [
+                    f"need: master + {workers} × (largest worker + growth until recycled "
+                    f"after {rec['recycle_after']:,} requests)",
+                    f"{rec['need_mib']:.0f}",
+                ],
+                [
+                    f"**recommended limit** (need × {HEADROOM}, rounded up to {ROUND_TO_MIB} MiB)",
+                    f"**{rec['limit_mib']}**",
+                ],
+                ["configured", configured or "none found"],
+            ],
+            align="-r",
+        ),
         "",
         machine_sentence(m, python=st["python"], postgres=True) + f"; {workers} Gunicorn workers.",
         "",
@@ -722,12 +740,11 @@ def compare_markdown(result: dict[str, Any], command: str) -> str:
     versions = list(s["versions"].values())
     ok = [v for v in versions if v["installed"]]
     base = s["versions"][st["baseline"]]
-    head = " | ".join(f"Python {v['version'] or v['label']}" for v in versions)
-    lines = [f"| | {head} |", "|---|" + "---:|" * len(versions)]
+    header = ["", *(f"Python {v['version'] or v['label']}" for v in versions)]
+    rows: list[list[str]] = []
 
     def row(title: str, cell: Any) -> None:
-        cells = [cell(v) if v["installed"] else "not installed" for v in versions]
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+        rows.append([title, *(cell(v) if v["installed"] else "not installed" for v in versions)])
 
     for kind, what in (("full", "full app"), ("bare", "bare FastAPI")):
         row(
@@ -758,6 +775,7 @@ def compare_markdown(result: dict[str, Any], command: str) -> str:
         f"production app: start to ready (median of {st['starts']})",
         lambda v: f"{v['ready_seconds']:.2f} s",
     )
+    lines = [markdown_table(header, rows, align="-" + "r" * len(versions))]
     failed = [v for v in versions if not v["installed"]]
     lines += [
         "",
@@ -803,13 +821,17 @@ def conclusion(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if result["mode"] == "memory":
-        figure, axis = plt.subplots(figsize=(9, 5))
+        plot_memory(result, path)
+    else:
+        plot_compare(result, path)
+
+
+def plot_memory(result: dict[str, Any], path: Path) -> None:
+    with figure(
+        path, title="Memory under steady load", conclusion=conclusion(result), size=(9, 5)
+    ) as fig:
+        axis = fig.subplots()
         series = result["series"]
         xs = [p["requests"] / 1000 for p in series]
         for pid in series[-1]["workers"]:
@@ -827,10 +849,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axis.set_ylabel("memory (MiB)")
         axis.set_ylim(bottom=0)
         axis.legend(fontsize=8)
-        axis.set_title(f"Memory under steady load: {conclusion(result)}", fontsize=10)
-    else:
-        versions = [v for v in result["summary"]["versions"].values() if v["installed"]]
-        figure, axes = plt.subplots(1, 3, figsize=(14, 4.8))
+
+
+def plot_compare(result: dict[str, Any], path: Path) -> None:
+    versions = [v for v in result["summary"]["versions"].values() if v["installed"]]
+    with figure(
+        path,
+        title="The same app under each Python",
+        conclusion=conclusion(result),
+        size=(14, 4.8),
+    ) as fig:
+        axes = fig.subplots(1, 3)
         labels = [v["version"] for v in versions]
         x = range(len(versions))
         for offset, kind, color in ((-0.2, "full", "#DD8452"), (0.2, "bare", "#4C72B0")):
@@ -867,11 +896,6 @@ def plot(result: dict[str, Any], path: Path) -> None:
             axis.set_title(title, fontsize=10)
         axes[0].legend(fontsize=8)
         axes[1].legend(fontsize=8)
-        figure.suptitle(f"The same app under each Python: {conclusion(result)}", fontsize=11)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 # --- CLI ---------------------------------------------------------------------------------
@@ -978,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("interrupted")
         return 130
     result["conclusion"] = conclusion(result)
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "result.json", result)
     section = (compare_markdown if args.compare else memory_markdown)(result, command.strip())
     if args.plot:
         plot(result, args.plot)

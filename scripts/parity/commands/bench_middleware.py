@@ -52,6 +52,7 @@ from parity.harness.bench_apps import TRIVIAL_PATH
 from parity.harness.benchdocs import machine_sentence, replace_section
 from parity.harness.options import positive_int
 from parity.harness.repo import REPO_ROOT
+from parity.harness.report import figure, markdown_table, progress, write_json
 from parity.harness.stack import (
     GunicornProcess,
     NativeStack,
@@ -85,10 +86,6 @@ VARIANTS: dict[str, tuple[str, dict[str, str], str]] = {
 }
 ABLATIONS = [name for name in VARIANTS if name.startswith("without")]
 TARGET_RATIO = 0.45  # issue 16
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -321,17 +318,30 @@ def summarise(samples: list[CpuSample]) -> dict[str, Any]:
 def markdown(result: dict[str, Any], command: str) -> str:
     s, m, st = result["summary"], result["machine"], result["settings"]
     full, bare = s["full"], s["bare"]
+    rows = [
+        [
+            f"throughput, {st['connections']} connections",
+            f"{bare['requests_per_second']:,.0f} req/s",
+            f"{full['requests_per_second']:,.0f} req/s",
+            f"**{100 * s['ratio']:.0f}%** "
+            f"(rounds: {100 * s['ratio_min']:.0f}–{100 * s['ratio_max']:.0f}%)",
+        ],
+        [
+            "server CPU per request",
+            f"{bare['cpu_us_per_request']:.0f} µs",
+            f"{full['cpu_us_per_request']:.0f} µs",
+            f"× {full['cpu_us_per_request'] / max(bare['cpu_us_per_request'], 1e-9):.2f}",
+        ],
+        [
+            "p50 / p99 under that load",
+            f"{bare['p50_ms']:.1f} / {bare['p99_ms']:.1f} ms",
+            f"{full['p50_ms']:.1f} / {full['p99_ms']:.1f} ms",
+            "",
+        ],
+    ]
+    header = ["", "bare FastAPI", "full production stack", "full ÷ bare"]
     lines = [
-        "| | bare FastAPI | full production stack | full ÷ bare |",
-        "|---|---:|---:|---:|",
-        f"| throughput, {st['connections']} connections | {bare['requests_per_second']:,.0f} "
-        f"req/s | {full['requests_per_second']:,.0f} req/s | **{100 * s['ratio']:.0f}%** "
-        f"(rounds: {100 * s['ratio_min']:.0f}–{100 * s['ratio_max']:.0f}%) |",
-        f"| server CPU per request | {bare['cpu_us_per_request']:.0f} µs | "
-        f"{full['cpu_us_per_request']:.0f} µs | × "
-        f"{full['cpu_us_per_request'] / max(bare['cpu_us_per_request'], 1e-9):.2f} |",
-        f"| p50 / p99 under that load | {bare['p50_ms']:.1f} / {bare['p99_ms']:.1f} ms | "
-        f"{full['p50_ms']:.1f} / {full['p99_ms']:.1f} ms | |",
+        markdown_table(header, rows, align="-rrr"),
         "",
         f"Medians of {st['rounds']} rounds × {st['duration_seconds']} s per server, in "
         "rotating order; ratios are medians of the per-round ratios. Errors "
@@ -345,15 +355,24 @@ def markdown(result: dict[str, Any], command: str) -> str:
             "What each feature costs: the full app with that one feature turned off, in the "
             "same rounds.",
             "",
-            "| full app without | setting | req/s | vs full | of bare | CPU/request saved |",
-            "|---|---|---:|---:|---:|---:|",
+            markdown_table(
+                ["full app without", "setting", "req/s", "vs full", "of bare", "CPU/request saved"],
+                [
+                    [
+                        name.removeprefix("without "),
+                        f"`{VARIANTS[name][2]}`",
+                        f"{s[name]['requests_per_second']:,.0f}",
+                        f"× {entry['gain_over_full']:.2f}",
+                        f"{100 * entry['share_of_bare']:.0f}%",
+                        f"{entry['cpu_us_saved']:.0f} µs",
+                    ]
+                    for name, entry in sorted(
+                        s["ablations"].items(), key=lambda i: -i[1]["gain_over_full"]
+                    )
+                ],
+                align="--rrrr",
+            ),
         ]
-        for name, entry in sorted(s["ablations"].items(), key=lambda i: -i[1]["gain_over_full"]):
-            lines.append(
-                f"| {name.removeprefix('without ')} | `{VARIANTS[name][2]}` | "
-                f"{s[name]['requests_per_second']:,.0f} | × {entry['gain_over_full']:.2f} | "
-                f"{100 * entry['share_of_bare']:.0f}% | {entry['cpu_us_saved']:.0f} µs |"
-            )
     if result["profiles"]:
         full_share = result["profiles"]["full"]["components"]
         bare_share = result["profiles"]["bare"]["components"]
@@ -364,13 +383,15 @@ def markdown(result: dict[str, Any], command: str) -> str:
             "server under the same load; share of the samples by the component whose code "
             "was running):",
             "",
-            "| component | bare | full |",
-            "|---|---:|---:|",
+            markdown_table(
+                ["component", "bare", "full"],
+                [
+                    [name, f"{bare_share.get(name, 0.0):.1f}%", f"{full_share.get(name, 0.0):.1f}%"]
+                    for name in names
+                ],
+                align="-rr",
+            ),
         ]
-        for name in names:
-            lines.append(
-                f"| {name} | {bare_share.get(name, 0.0):.1f}% | {full_share.get(name, 0.0):.1f}% |"
-            )
     lines += [
         "",
         machine_sentence(m, python=m["python"], postgres=False)
@@ -383,51 +404,48 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     samples = result["samples"]
     profiles = result["profiles"]
-    figure, axes = plt.subplots(1, 2 if profiles else 1, figsize=(14 if profiles else 8, 5),
-                                squeeze=False)  # fmt: skip
-    left = axes[0][0]
-    names = list(dict.fromkeys(s["server"] for s in samples))
-    bare = statistics.median(s["requests_per_second"] for s in samples if s["server"] == "bare")
-    for x, name in enumerate(names):
-        values = [s["requests_per_second"] for s in samples if s["server"] == name]
-        color = {"bare": "#4C72B0", "full": "#DD8452"}.get(name, "#BBBBBB")
-        left.bar(x, statistics.median(values), color=color, alpha=0.85)
-        left.plot([x] * len(values), values, "k.", alpha=0.6)
-        left.annotate(f"{100 * statistics.median(values) / bare:.0f}%", (x, 0), ha="center",
-                      va="bottom", fontsize=8, color="white", weight="bold")  # fmt: skip
-    left.set_xticks(range(len(names)), [n.replace("without ", "without\n") for n in names],
-                    fontsize=8)  # fmt: skip
-    left.set_ylabel("requests/s (bars: median; dots: rounds; % of bare)")
     ratio = result["summary"]["ratio"]
-    left.set_title(f"Middleware tax: full keeps {100 * ratio:.0f}% of bare "
-                   f"(target {100 * TARGET_RATIO:.0f}%)",
-                   fontsize=10)  # fmt: skip
-    if profiles:
-        right = axes[0][1]
-        full_share = profiles["full"]["components"]
-        bare_share = profiles["bare"]["components"]
-        components = [n for n in full_share if n != "other"][:9]
-        y = range(len(components))
-        right.barh([i + 0.2 for i in y], [bare_share.get(n, 0) for n in components],
-                   height=0.4, label="bare", color="#4C72B0")  # fmt: skip
-        right.barh([i - 0.2 for i in y], [full_share.get(n, 0) for n in components],
-                   height=0.4, label="full", color="#DD8452")  # fmt: skip
-        right.set_yticks(list(y), components, fontsize=8)
-        right.invert_yaxis()
-        right.set_xlabel("share of the workers' samples (%)")
-        right.set_title("Where the time goes (py-spy)", fontsize=10)
-        right.legend(fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    with figure(
+        path,
+        title="Middleware tax: the full production stack against bare FastAPI",
+        conclusion=f"The full app keeps {100 * ratio:.0f}% of bare FastAPI's throughput "
+        f"(target {100 * TARGET_RATIO:.0f}%).",
+        size=(14 if profiles else 8, 5),
+    ) as fig:
+        axes = fig.subplots(1, 2 if profiles else 1, squeeze=False)
+        left = axes[0][0]
+        names = list(dict.fromkeys(s["server"] for s in samples))
+        bare = statistics.median(s["requests_per_second"] for s in samples if s["server"] == "bare")
+        for x, name in enumerate(names):
+            values = [s["requests_per_second"] for s in samples if s["server"] == name]
+            color = {"bare": "#4C72B0", "full": "#DD8452"}.get(name, "#BBBBBB")
+            left.bar(x, statistics.median(values), color=color, alpha=0.85)
+            left.plot([x] * len(values), values, "k.", alpha=0.6)
+            left.annotate(f"{100 * statistics.median(values) / bare:.0f}%", (x, 0), ha="center",
+                          va="bottom", fontsize=8, color="white", weight="bold")  # fmt: skip
+        left.set_xticks(range(len(names)), [n.replace("without ", "without\n") for n in names],
+                        fontsize=8)  # fmt: skip
+        left.set_xlabel("server")
+        left.set_ylabel("requests/s (bars: median; dots: rounds; % of bare)")
+        left.set_title("Throughput", fontsize=10)
+        if profiles:
+            right = axes[0][1]
+            full_share = profiles["full"]["components"]
+            bare_share = profiles["bare"]["components"]
+            components = [n for n in full_share if n != "other"][:9]
+            y = range(len(components))
+            right.barh([i + 0.2 for i in y], [bare_share.get(n, 0) for n in components],
+                       height=0.4, label="bare", color="#4C72B0")  # fmt: skip
+            right.barh([i - 0.2 for i in y], [full_share.get(n, 0) for n in components],
+                       height=0.4, label="full", color="#DD8452")  # fmt: skip
+            right.set_yticks(list(y), components, fontsize=8)
+            right.invert_yaxis()
+            right.set_xlabel("share of the workers' samples (%)")
+            right.set_ylabel("component")
+            right.set_title("Where the time goes (py-spy)", fontsize=10)
+            right.legend(fontsize=8)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -486,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress("interrupted")
         return 130
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "result.json", result)
     section = markdown(result, command.strip())
     if args.plot:
         plot(result, args.plot)

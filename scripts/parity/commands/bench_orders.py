@@ -53,6 +53,7 @@ from app.orders import service as service_sql
 from parity.harness.benchdocs import machine_sentence
 from parity.harness.options import positive_int
 from parity.harness.repo import REPO_ROOT
+from parity.harness.report import figure, markdown_table, progress, write_json
 from parity.harness.stack import NativeStack, StackError, delete_redis_prefix, scratch_database
 from parity.harness.throwaway import postgres_bindir
 from parity.harness.wrk import LUA_COMMON, OtlpSink, machine, rate_and_latency, wrk
@@ -119,10 +120,6 @@ request = function()
 end
 """
 ROUTES = {"route, with key": True, "route, no key": False}
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -326,21 +323,21 @@ def conclusion(summary: dict[str, Any]) -> str:
 
 def markdown(result: dict[str, Any], command: str) -> str:
     s, m, st = result["summary"], result["machine"], result["settings"]
-    lines = [
-        "| connections | load | p50 / p99 | per second | route p50 ÷ pgbench p50 |",
-        "|---:|---|---:|---:|---:|",
+    rows = [
+        [
+            count,
+            name,
+            f"{row[name]['p50_ms']:.2f} / {row[name]['p99_ms']:.2f} ms",
+            f"{row[name]['per_second']:,.0f}",
+            f"**{row['ratio'][name]:.2f}×**" if name in ROUTES else "–",
+        ]
+        for count, row in s["by_connections"].items()
+        for name in loads()
+        if name in row
     ]
-    for count, row in s["by_connections"].items():
-        for name in loads():
-            if name not in row:
-                continue
-            entry = row[name]
-            ratio = f"**{row['ratio'][name]:.2f}×**" if name in ROUTES else "–"
-            lines.append(
-                f"| {count} | {name} | {entry['p50_ms']:.2f} / {entry['p99_ms']:.2f} ms | "
-                f"{entry['per_second']:,.0f} | {ratio} |"
-            )
-    lines += [
+    header = ["connections", "load", "p50 / p99", "per second", "route p50 ÷ pgbench p50"]
+    lines = [
+        markdown_table(header, rows, align="r-rrr"),
         "",
         conclusion(s),
         "",
@@ -358,31 +355,28 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     table = result["summary"]["by_connections"]
     counts = list(table)
-    fig, axis = plt.subplots(figsize=(8, 4.8))
-    for name in loads():
-        values = [table[c][name]["p50_ms"] for c in counts if name in table[c]]
-        if len(values) == len(counts):
-            style = "--" if name in PGBENCH_SCRIPTS else "-"
-            axis.plot([int(c) for c in counts], values, style, marker="o", label=name)
-    axis.set_xscale("log", base=2)
-    axis.set_xticks([int(c) for c in counts], counts)
-    axis.set_xlabel("concurrent connections")
-    axis.set_ylabel("p50 latency per order (ms, log scale)")
-    axis.set_yscale("log")
-    axis.set_title("One-line order: the API route against its own SQL in pgbench")
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
-    fig.text(0.5, 0.01, conclusion(result["summary"]), ha="center", fontsize=8, wrap=True)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(
+        path,
+        title="One-line order: the API route against its own SQL in pgbench",
+        conclusion=conclusion(result["summary"]),
+        size=(8, 4.8),
+        dpi=100,
+    ) as fig:
+        axis = fig.subplots()
+        for name in loads():
+            values = [table[c][name]["p50_ms"] for c in counts if name in table[c]]
+            if len(values) == len(counts):
+                style = "--" if name in PGBENCH_SCRIPTS else "-"
+                axis.plot([int(c) for c in counts], values, style, marker="o", label=name)
+        axis.set_xscale("log", base=2)
+        axis.set_xticks([int(c) for c in counts], counts)
+        axis.set_xlabel("concurrent connections")
+        axis.set_ylabel("p50 latency per order (ms, log scale)")
+        axis.set_yscale("log")
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
 
 
 def connection_counts(text: str) -> list[int]:
@@ -436,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO_ROOT / "results" / time.strftime("bench-orders-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     section = markdown(result, command.strip())
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "report.json", result)
     (out / "report.md").write_text(section + "\n")
     plot(result, out / "orders.png")
     print(json.dumps(result, indent=2) if args.json else section)

@@ -43,6 +43,7 @@ from typing import Any
 from parity.harness.benchdocs import DOCS, replace_section
 from parity.harness.options import positive_int
 from parity.harness.repo import REPO_ROOT
+from parity.harness.report import figure, markdown_table, progress
 from parity.harness.stack import (
     GunicornProcess,
     NativeStack,
@@ -53,10 +54,6 @@ from parity.harness.stack import (
 from parity.harness.wrk import WRK_REPORT, machine, rate_and_latency, wrk
 
 PATHS = ("/health", "/api/v1/products/1")
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -207,21 +204,20 @@ def summarise_route(samples: list[Sample]) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any], command: str) -> str:
     s, m, st = result["summary"], result["machine"], result["settings"]
-    lines = [
-        "| Route | | limiter off | limiter on | on − off / on ÷ off |",
-        "|---|---|---:|---:|---:|",
-    ]
+    rows = []
     for path, r in s["routes"].items():
-        lines += [
-            f"| `{path}` | p50 latency, 1 connection | {r['latency_p50_ms']['off']:.3f} ms | "
-            f"{r['latency_p50_ms']['on']:.3f} ms | **{r['added_p50_ms']:+.3f} ms** |",
-            f"| | p99 latency, 1 connection | {r['latency_p99_ms']['off']:.3f} ms | "
-            f"{r['latency_p99_ms']['on']:.3f} ms | {r['added_p99_ms']:+.3f} ms |",
-            f"| | throughput, {st['connections']} connections | "
-            f"{r['throughput_rps']['off']:.0f} req/s | {r['throughput_rps']['on']:.0f} req/s | "
-            f"**× {r['throughput_ratio']:.2f}** |",
-        ]
-    lines += [
+        p50, p99, rps = r["latency_p50_ms"], r["latency_p99_ms"], r["throughput_rps"]
+        rows += [
+            [f"`{path}`", "p50 latency, 1 connection", f"{p50['off']:.3f} ms",
+             f"{p50['on']:.3f} ms", f"**{r['added_p50_ms']:+.3f} ms**"],
+            ["", "p99 latency, 1 connection", f"{p99['off']:.3f} ms", f"{p99['on']:.3f} ms",
+             f"{r['added_p99_ms']:+.3f} ms"],
+            ["", f"throughput, {st['connections']} connections", f"{rps['off']:.0f} req/s",
+             f"{rps['on']:.0f} req/s", f"**× {r['throughput_ratio']:.2f}**"],
+        ]  # fmt: skip
+    header = ["Route", "", "limiter off", "limiter on", "on − off / on ÷ off"]
+    lines = [
+        markdown_table(header, rows, align="--rrr"),
         "",
         f"Medians of {st['rounds']} rounds × {st['duration_seconds']} s per measure; the "
         "differences and ratios are medians of the per-round pairs. "
@@ -245,35 +241,44 @@ def write_docs(section: str, path: Path = DOCS) -> None:
     replace_section("bench_rate_limit", "Rate limiter overhead", section, path)
 
 
+def conclusion(summary: dict[str, Any]) -> str:
+    added = ", ".join(
+        f"{r['added_p50_ms']:+.3f} ms on {path}" for path, r in summary["routes"].items()
+    )
+    met = "met" if summary["target_met"] else "NOT met"
+    return f"p50 added by the limiter: {added}; target (< 1 ms p50 added) {met}."
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     samples = result["samples"]
     panels = (
-        ("latency", "p50_ms", "p50 latency, 1 connection (ms)"),
-        ("latency", "p99_ms", "p99 latency, 1 connection (ms)"),
-        ("throughput", "requests_per_second", "throughput (req/s)"),
+        ("latency", "p50_ms", "p50 latency, 1 connection", "ms"),
+        ("latency", "p99_ms", "p99 latency, 1 connection", "ms"),
+        ("throughput", "requests_per_second", "throughput", "req/s"),
     )
-    fig, axes = plt.subplots(len(PATHS), 3, figsize=(12, 3.5 * len(PATHS)), squeeze=False)
-    for row, route in zip(axes, PATHS, strict=True):
-        for axis, (measure_, field, title) in zip(row, panels, strict=True):
-            for x, server in enumerate(("off", "on")):
-                values = [
-                    s[field]
-                    for s in samples
-                    if (s["path"], s["server"], s["measure"]) == (route, server, measure_)
-                ]
-                axis.bar(x, statistics.median(values), color=("#888888", "#d95f02")[x], alpha=0.6)
-                axis.scatter([x] * len(values), values, color="black", s=12, zorder=3)
-            axis.set_xticks([0, 1], ["limiter off", "limiter on"])
-            axis.set_title(f"{route}: {title}", fontsize=9)
-    fig.suptitle("Rate limiter cost: bars are medians, dots are rounds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(
+        path,
+        title="Rate limiter cost: bars are medians, dots are rounds",
+        conclusion=conclusion(result["summary"]),
+        size=(12, 3.5 * len(PATHS)),
+        dpi=100,
+    ) as fig:
+        axes = fig.subplots(len(PATHS), 3, squeeze=False)
+        for row, route in zip(axes, PATHS, strict=True):
+            for axis, (measure_, field, title, unit) in zip(row, panels, strict=True):
+                for x, server in enumerate(("off", "on")):
+                    values = [
+                        s[field]
+                        for s in samples
+                        if (s["path"], s["server"], s["measure"]) == (route, server, measure_)
+                    ]
+                    color = ("#888888", "#d95f02")[x]
+                    axis.bar(x, statistics.median(values), color=color, alpha=0.6)
+                    axis.scatter([x] * len(values), values, color="black", s=12, zorder=3)
+                axis.set_xticks([0, 1], ["limiter off", "limiter on"])
+                axis.set_xlabel("server")
+                axis.set_ylabel(unit)
+                axis.set_title(f"{route}: {title}", fontsize=9)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -51,6 +51,7 @@ from app.catalog.schemas import encode_cursor
 from parity.harness.benchdocs import machine_sentence, replace_section
 from parity.harness.options import positive_int
 from parity.harness.repo import REPO_ROOT
+from parity.harness.report import markdown_table, progress, write_json
 from parity.harness.stack import (
     DEFAULT_DATABASE_URL,
     NativeStack,
@@ -58,6 +59,7 @@ from parity.harness.stack import (
     delete_redis_prefix,
     drop_database,
 )
+from parity.harness.target import add_target_options, target_choice
 from parity.harness.wrk import LUA_COMMON, OtlpSink, machine, rate_and_latency, wrk
 
 HOT_IDS = 100
@@ -96,10 +98,6 @@ request = function()
 end
 """,
 }
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -163,8 +161,8 @@ class Target:
 def target(args: argparse.Namespace) -> Iterator[Target]:
     """--url: the API given; else one started here on a database of its own."""
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    if args.url:
-        yield Target(args.url.rstrip("/"), redis_url, args.redis_prefix)
+    if args.target.kind == "url":
+        yield Target(args.target.url, redis_url, args.redis_prefix)
         return
     prefix = f"parity-bench-routes-{uuid.uuid4().hex[:12]}:"
     name = f"parity_bench_routes_{uuid.uuid4().hex[:8]}"
@@ -281,21 +279,27 @@ def summarise(samples: list[Sample]) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any], command: str) -> str:
     s, m, st = result["summary"], result["machine"], result["settings"]
-    lines = [
-        f"| route | req/s, {st['connections']} connections | p50 / p99 there "
-        "| p50 / p99, 4 connections "
-        "| X-Cache MISS |",
-        "|---|---:|---:|---:|---:|",
-    ]
+    rows = []
     for route, entry in s["routes"].items():
         sat, light = entry["saturated"], entry["light"]
-        misses = f"{100 * sat['miss_share']:.0f}%" if route != "order" else "–"
-        lines.append(
-            f"| {route} | **{sat['requests_per_second']:,.0f}** | {sat['p50_ms']:.1f} / "
-            f"{sat['p99_ms']:.1f} ms | {light['p50_ms']:.1f} / **{light['p99_ms']:.1f}** ms | "
-            f"{misses} |"
+        rows.append(
+            [
+                route,
+                f"**{sat['requests_per_second']:,.0f}**",
+                f"{sat['p50_ms']:.1f} / {sat['p99_ms']:.1f} ms",
+                f"{light['p50_ms']:.1f} / **{light['p99_ms']:.1f}** ms",
+                f"{100 * sat['miss_share']:.0f}%" if route != "order" else "–",
+            ]
         )
-    lines += [
+    header = [
+        "route",
+        f"req/s, {st['connections']} connections",
+        "p50 / p99 there",
+        "p50 / p99, 4 connections",
+        "X-Cache MISS",
+    ]
+    lines = [
+        markdown_table(header, rows, align="-rrrr"),
         "",
         f"{st['workers']} Gunicorn workers, every production feature at its defaults; "
         f"{st['products']:,} products. Medians of {st['rounds']} rounds × "
@@ -328,8 +332,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--connections", type=positive_int, default=64,
                         help="wrk connections of the saturated load (default 64)")  # fmt: skip
-    parser.add_argument("--url", help="measure an API already running here (seeded with "
-                        "--products products) instead of starting one")  # fmt: skip
+    add_target_options(parser, ("native", "url"), help={
+        "native": "start the API here on a database of its own",
+        "url": "measure an API already running at URL (loopback only; seeded with "
+               "--products products)"})  # fmt: skip
     parser.add_argument("--redis-prefix", help="--url: its REDIS_KEY_PREFIX, to empty the "
                         "product cache before the uncached reads")  # fmt: skip
     parser.add_argument("--write-docs", action="store_true",
@@ -338,8 +344,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="JSON result (default results/bench-routes-<time>.json)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
-        parser.error(f"argument --url: {args.url!r} is not on this machine (loopback only)")
+    args.target = target_choice(parser, args)
     if args.products <= HOT_IDS + 20:
         parser.error(f"argument --products: {args.products} must be above {HOT_IDS + 20}")
     return args
@@ -358,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("interrupted")
         return 130
     out = args.out or REPO_ROOT / "results" / time.strftime("bench-routes-%Y%m%d-%H%M%S.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     section = markdown(result, command.strip())
     if args.write_docs:
         replace_section("bench_routes", "Realistic routes", section)

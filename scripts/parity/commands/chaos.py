@@ -13,8 +13,8 @@ Postgres is down, database routes answer 503 problems with Retry-After within th
 every request is still served (cache bypass, limiter fails open); after each recovery,
 no error at all. The run is bounded: phases x --phase-seconds.
 
-The load generator is parity.harness.load's `SteadyLoad`, also what tests/test_outages.py and
-parity rollout drive.
+The load and its phases are parity.harness.load's (`Load`, `run_phases`), the driver
+parity rollout, verify dashboards and tests/test_outages.py use too.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from pathlib import Path
 
 import httpx
 
-from parity.harness.load import Sample, SteadyLoad, default_requests
-from parity.harness.stack import ComposeStack, NativeStack, StackError
+from parity.harness.load import Load, Phase, PhaseRun, Sample, cycle, default_requests, run_phases
+from parity.harness.report import figure
+from parity.harness.stack import ComposeStack, NativeStack, StackError, wait_until_answers
+from parity.harness.target import add_target_options, target_choice
 from parity.harness.throwaway import TemporaryPostgres, TemporaryRedis
 
 DB_ROUTES = ("list", "order")  # always need Postgres; "read" may be a cache hit
@@ -129,35 +131,37 @@ def postgres_down(samples: list[Sample]) -> list[str]:
 
 
 @dataclass
-class Phase:
+class Outage:
+    """One phase of the plan: what is done at its start, what clients must see."""
+
     name: str
     action: Callable[[], None]  # done at the start of the phase
     check: Check
     settle: Callable[[], None] = lambda: None  # waited for before the phase is measured
 
 
-def run_phases(
-    load: SteadyLoad, phases: Sequence[Phase], seconds: float, t0: float
+def run_outages(
+    load: Load, outages: Sequence[Outage], seconds: float, t0: float
 ) -> list[PhaseReport]:
-    reports = []
-    for phase in phases:
-        phase.action()
-        phase.settle()
-        start = time.monotonic()
-        print(f"[chaos] {phase.name} ({seconds:g} s)", file=sys.stderr, flush=True)
-        time.sleep(seconds)
-        samples = load.between(start, time.monotonic())
-        report = summarise(phase.name, samples, seconds, phase.check)
-        report.start_offset = round(start - t0, 2)
+    """The plan, phase by phase, on the harness's phase runner; each phase judged (and
+    its verdict printed) as it ends."""
+    checks = {outage.name: outage.check for outage in outages}
+    reports: list[PhaseReport] = []
+
+    def judge(run: PhaseRun) -> None:
+        report = summarise(run.name, run.samples, seconds, checks[run.name])
+        report.start_offset = round(run.start - t0, 2)
         verdict = "ok" if report.ok else "FAIL: " + "; ".join(report.failures)
-        print(
-            f"[chaos]   {report.requests} requests {report.by_status} "
-            f"p95 {report.p95_ms} ms -> {verdict}",
-            file=sys.stderr,
-            flush=True,
-        )
+        say(f"  {report.requests} requests {report.by_status} p95 {report.p95_ms} ms -> {verdict}")
         reports.append(report)
+
+    phases = [Phase(o.name, seconds, before=o.action, settle=o.settle) for o in outages]
+    run_phases(load, phases, progress=say, done=judge)
     return reports
+
+
+def say(message: str) -> None:
+    print(f"[chaos] {message}", file=sys.stderr, flush=True)
 
 
 # Ready as a client sees it: a route that needs Postgres answers 200. (/ready itself is
@@ -166,15 +170,7 @@ READY_PATH = "/api/v1/products?limit=1"
 
 
 def wait_ready(base_url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base_url + READY_PATH, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise StackError(f"{base_url}{READY_PATH} did not turn 200 within {timeout:g} s")
+    wait_until_answers(base_url + READY_PATH, timeout=timeout)
 
 
 def outage_phases(
@@ -184,26 +180,26 @@ def outage_phases(
     stop_redis: Callable[[], None],
     start_redis: Callable[[], None],
     hang_redis: tuple[Callable[[], None], Callable[[], None]] | None = None,
-) -> list[Phase]:
+) -> list[Outage]:
     ready = lambda: wait_ready(base_url)  # noqa: E731
     phases = [
-        Phase("baseline", lambda: None, no_errors, ready),
-        Phase("postgres down", stop_postgres, postgres_down),
-        Phase("postgres back", start_postgres, no_errors, ready),
-        Phase("redis down", stop_redis, served_despite_redis),
-        Phase("redis back", start_redis, no_errors),
+        Outage("baseline", lambda: None, no_errors, ready),
+        Outage("postgres down", stop_postgres, postgres_down),
+        Outage("postgres back", start_postgres, no_errors, ready),
+        Outage("redis down", stop_redis, served_despite_redis),
+        Outage("redis back", start_redis, no_errors),
     ]
     if hang_redis:
         pause, resume = hang_redis
         phases += [
-            Phase("redis hung", pause, served_despite_redis),
-            Phase("redis resumed", resume, no_errors),
+            Outage("redis hung", pause, served_despite_redis),
+            Outage("redis resumed", resume, no_errors),
         ]
     return phases
 
 
 @contextmanager
-def native_target(workers: int) -> Iterator[tuple[str, list[Phase]]]:
+def native_target(workers: int) -> Iterator[tuple[str, list[Outage]]]:
     with TemporaryPostgres() as postgres, TemporaryRedis() as redis:
         print(
             f"[chaos] throwaway Postgres :{postgres.port}, Redis :{redis.port}",
@@ -238,7 +234,7 @@ def native_target(workers: int) -> Iterator[tuple[str, list[Phase]]]:
 
 
 @contextmanager
-def compose_target(base_url: str | None) -> Iterator[tuple[str, list[Phase]]]:
+def compose_target(base_url: str | None) -> Iterator[tuple[str, list[Outage]]]:
     """The services of a running compose stack: stopped and started, and Redis paused
     (the cgroup freezer: connections open, nothing answers) for the hang."""
     compose = ComposeStack(base_url=base_url) if base_url else ComposeStack()
@@ -282,58 +278,53 @@ def product_ids(base_url: str, count: int = 5) -> list[int]:
 
 def plot(reports: list[PhaseReport], samples: list[Sample], t0: float, path: Path) -> None:
     """Every request as a dot (latency, log scale) over time, phases marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    for status_class, colour in (
-        ("2xx/4xx", "tab:blue"),
-        ("5xx", "tab:red"),
-        ("no HTTP answer", "black"),
-    ):
-        points = [
-            (s.started - t0, max(s.latency * 1000, 0.1))
-            for s in samples
-            if s.started >= t0 and _status_class(s.status) == status_class
-        ]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.scatter(xs, ys, s=4, color=colour, label=status_class, alpha=0.6)
-    for report in reports:
-        ax.axvline(report.start_offset, color="grey", linewidth=0.8)
-        ax.text(
-            report.start_offset,
-            0.98,
-            f" {report.name}",
-            rotation=90,
-            va="top",
-            fontsize=8,
-            transform=ax.get_xaxis_transform(),
-        )
-    for report in reports:
-        if report.name != "redis hung":
-            continue
-        # The band of ~250 ms answers while Redis hangs is the app's own bound on a
-        # Redis call, not a slow Postgres: say so on the plot.
-        ax.axhline(REDIS_TIMEOUT_MS, color="tab:orange", linestyle=":", linewidth=1)
-        ax.annotate("Redis timeout, 0.25 s", (report.start_offset, REDIS_TIMEOUT_MS),
-                    xytext=(14, -12), textcoords="offset points", fontsize=8,
-                    color="tab:orange")  # fmt: skip
-    ax.set_yscale("log")
-    ax.set_xlabel("seconds since the baseline started")
-    ax.set_ylabel("latency (ms, log scale)")
     behaved = sum(report.ok for report in reports)
-    ax.set_title(
-        f"parity chaos: every request by phase; {behaved} of {len(reports)} phases "
-        "behaved as documented"
-    )
-    ax.legend(loc="lower right", title="answer")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    failed = [report.name for report in reports if not report.ok]
+    with figure(
+        path,
+        title="parity chaos: every request by phase",
+        conclusion=f"{behaved} of {len(reports)} phases behaved as documented"
+        + (f"; failed: {', '.join(failed)}." if failed else "."),
+        size=(11, 4.5),
+    ) as fig:
+        ax = fig.subplots()
+        for status_class, colour in (
+            ("2xx/4xx", "tab:blue"),
+            ("5xx", "tab:red"),
+            ("no HTTP answer", "black"),
+        ):
+            points = [
+                (s.started - t0, max(s.latency * 1000, 0.1))
+                for s in samples
+                if s.started >= t0 and _status_class(s.status) == status_class
+            ]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.scatter(xs, ys, s=4, color=colour, label=status_class, alpha=0.6)
+        for report in reports:
+            ax.axvline(report.start_offset, color="grey", linewidth=0.8)
+            ax.text(
+                report.start_offset,
+                0.98,
+                f" {report.name}",
+                rotation=90,
+                va="top",
+                fontsize=8,
+                transform=ax.get_xaxis_transform(),
+            )
+        for report in reports:
+            if report.name != "redis hung":
+                continue
+            # The band of ~250 ms answers while Redis hangs is the app's own bound on a
+            # Redis call, not a slow Postgres: say so on the plot.
+            ax.axhline(REDIS_TIMEOUT_MS, color="tab:orange", linestyle=":", linewidth=1)
+            ax.annotate("Redis timeout, 0.25 s", (report.start_offset, REDIS_TIMEOUT_MS),
+                        xytext=(14, -12), textcoords="offset points", fontsize=8,
+                        color="tab:orange")  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds since the baseline started")
+        ax.set_ylabel("latency (ms, log scale)")
+        ax.legend(loc="lower right", title="answer")
 
 
 def _status_class(status: int) -> str:
@@ -362,11 +353,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument("--native", action="store_true", help="own throwaway servers (default)")
-    target.add_argument("--compose", action="store_true", help="a running `docker compose up`")
-    parser.add_argument(
-        "--url", help="--compose: the published API (default http://127.0.0.1:$API_PORT)"
+    add_target_options(
+        parser, ("native", "compose"), help={"native": "own throwaway servers, stopped at will"}
     )
     parser.add_argument("--phase-seconds", type=float, default=5.0, help="default 5")
     parser.add_argument("--concurrency", type=int, default=4, help="load threads (default 4)")
@@ -378,18 +366,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--phase-seconds {args.phase_seconds:g}: must be between 1 and 120")
     if not 1 <= args.concurrency <= 32:
         parser.error(f"--concurrency {args.concurrency}: must be between 1 and 32")
+    args.target = target_choice(parser, args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    target = compose_target(args.url) if args.compose else native_target(args.workers)
+    choice = args.target
+    target = compose_target(choice.url) if choice.kind == "compose" else native_target(args.workers)
     try:
-        with target as (base_url, phases):
+        with target as (base_url, outages):
             requests = default_requests(product_ids(base_url))
-            with SteadyLoad(base_url, requests, concurrency=args.concurrency) as load:
+            with Load(base_url, cycle(requests), concurrency=args.concurrency) as load:
                 t0 = time.monotonic()
-                reports = run_phases(load, phases, args.phase_seconds, t0)
+                reports = run_outages(load, outages, args.phase_seconds, t0)
             samples = load.samples
     except (StackError, httpx.HTTPError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

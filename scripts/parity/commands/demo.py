@@ -57,7 +57,9 @@ from parity.harness.stack import (
     delete_redis_prefix,
     free_port,
     scratch_database,
+    wait_until_answers,
 )
+from parity.harness.target import add_target_options, target_choice
 
 GRAFANA = "http://127.0.0.1:3000"
 JAEGER = "http://127.0.0.1:16686"
@@ -188,8 +190,8 @@ def run_local(args: argparse.Namespace, out: Path) -> int:
     """--native (start the API here) or --url (an API already running)."""
     with ExitStack() as stack:
         server: GunicornProcess | None = None
-        if args.url:
-            base_url = args.url.rstrip("/")
+        if args.target.kind == "url":
+            base_url = args.target.url
             # /health: behind compose's load balancer /ready is not served (it is on the
             # replicas' internal listener, app/listeners.py).
             httpx.get(base_url + "/health", timeout=5).raise_for_status()
@@ -234,13 +236,14 @@ def run_local(args: argparse.Namespace, out: Path) -> int:
 
 
 def run_compose(args: argparse.Namespace, out: Path) -> int:
-    compose = ComposeStack()
+    compose = ComposeStack(base_url=args.target.url)
     compose.wait_ready(timeout=120)
     say("starting the compose `locust` service (profile loadtest)")
     result = compose.compose("--profile", "loadtest", "up", "--detach", "locust", check=False)
     if result.returncode != 0:
         raise StackError(f"docker compose up locust failed: {result.stderr.strip()}")
-    wait_for(f"{LOCUST_UI}/", timeout=90)
+    # Any answer but a 5xx: Locust's UI is up.
+    wait_until_answers(f"{LOCUST_UI}/", timeout=90, interval=1, accept=lambda status: status < 500)
     response = httpx.post(
         f"{LOCUST_UI}/swarm",
         data={
@@ -293,16 +296,6 @@ def run_compose(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
-def wait_for(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        time.sleep(1)
-    raise StackError(f"{url} did not answer within {timeout:.0f}s")
-
-
 def start_locust(args: argparse.Namespace, base_url: str, exporter: int,
                  out: Path) -> subprocess.Popen[bytes]:  # fmt: skip
     command = locust_command(
@@ -348,10 +341,7 @@ def watch(locust: subprocess.Popen[bytes], csv_prefix: Path, duration: float,
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="parity demo", description=__doc__.split("\n\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--native", action="store_true", help="start the API here (default)")
-    mode.add_argument("--compose", action="store_true", help="use the running compose stack")
-    mode.add_argument("--url", help="load an API that is already running (e.g. make run)")
+    add_target_options(parser, ("native", "compose", "url"))
     parser.add_argument("--users", type=int, default=20, help="simulated users (default 20)")
     parser.add_argument("--duration", type=int, default=600,
                         help="seconds of load (default 600; Ctrl-C stops earlier)")  # fmt: skip
@@ -367,8 +357,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("users", "duration", "workers", "products"):
         if getattr(args, name) < 1:
             parser.error(f"argument --{name}: {getattr(args, name)} must be at least 1")
-    if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
-        parser.error(f"argument --url: {args.url!r} is not on this machine (loopback only)")
+    args.target = target_choice(parser, args)
     return args
 
 
@@ -377,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO_ROOT / "results" / time.strftime("demo-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     try:
-        if args.compose:
+        if args.target.kind == "compose":
             return run_compose(args, out)
         return run_local(args, out)
     except KeyboardInterrupt:

@@ -58,10 +58,11 @@ import httpx
 
 from app.client_identity import issue_key
 from parity.harness.images import BuildError, KitUnavailable, engine_reachable, ensure_images
-from parity.harness.load import SteadyLoad, default_requests
+from parity.harness.load import Load, cycle, default_requests
 from parity.harness.loadbalancer import LoadBalancer, PoolWatcher, api_replicas
 from parity.harness.prometheus_native import PrometheusAPI
 from parity.harness.repo import REPO_ROOT
+from parity.harness.report import progress as say
 from parity.harness.stack import StackError, child_pids, free_port, iter_json_lines, ps_entries
 from parity.harness.traffic import seeded_product_ids
 
@@ -132,10 +133,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return self.outcome == "passed" and all(check.ok for check in self.checks)
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- docker and compose --------------------------------------------------------------
@@ -591,8 +588,8 @@ class E2E:
         victim = replicas[0]
         ids = seeded_product_ids(self.base_url, limit=5)
         concurrency = 8
-        with PoolWatcher(lb) as watcher, SteadyLoad(
-            self.base_url, default_requests(ids), concurrency=concurrency
+        with PoolWatcher(lb) as watcher, Load(
+            self.base_url, cycle(default_requests(ids)), concurrency=concurrency
         ) as load:  # fmt: skip
             time.sleep(2)
             pid = int(run(["docker", "inspect", "--format", "{{.State.Pid}}",

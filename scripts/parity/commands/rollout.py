@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ from pathlib import Path
 import httpx
 
 from parity.harness.images import engine_reachable
-from parity.harness.load import Sample, SteadyLoad, default_requests
+from parity.harness.load import Load, Sample, cycle, default_requests
 from parity.harness.loadbalancer import (
     LoadBalancer,
     PoolWatcher,
@@ -50,14 +49,12 @@ from parity.harness.loadbalancer import (
 )
 from parity.harness.options import bounded, positive_int
 from parity.harness.repo import REPO_ROOT
+from parity.harness.report import figure, markdown_table, write_json
+from parity.harness.report import progress as say
 from parity.harness.stack import StackError, compose_api_url
 from parity.harness.traffic import seeded_product_ids
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_RUN = 0, 1, 3
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -187,8 +184,8 @@ def run(args: argparse.Namespace) -> Report:
         f"clients through {base_url}"
     )
     requests = default_requests(product_ids)
-    with PoolWatcher(lb) as watcher, SteadyLoad(
-        base_url, requests, concurrency=args.concurrency
+    with PoolWatcher(lb) as watcher, Load(
+        base_url, cycle(requests), concurrency=args.concurrency
     ) as load:  # fmt: skip
         t0 = time.monotonic()
         time.sleep(args.baseline_seconds)
@@ -234,31 +231,33 @@ def conclusion(report: Report) -> str:
 
 
 def markdown(report: Report) -> str:
+    replicas = markdown_table(
+        ["replica", "SIGTERM at s", "out of pool after s", "exited after s", "exit code",
+         "replacement", "in pool after s", "total s"],
+        [
+            [f"{r.old} ({r.old_address})", r.term_at, r.out_of_pool_after, r.exited_after,
+             r.exit_code, f"{r.new} ({r.new_address})", r.joined_after, r.total]
+            for r in report.replicas
+        ],
+        align="-rrrr-rr",
+    )  # fmt: skip
     lines = [
         f"# Rollout: {len(report.replicas)} of {report.replicas_before} api replicas, "
         f"{report.concurrency} clients",
         "",
         conclusion(report),
         "",
-        "| window | requests | client-visible errors | 429 | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, w in (("before", report.baseline), ("during", report.during)):
-        lines.append(
-            f"| {name} | {w.requests} | {w.errors} | {w.limited} | {w.p50_ms:g} | {w.p99_ms:g} |"
-        )
-    lines += [
+        markdown_table(
+            ["window", "requests", "client-visible errors", "429", "p50 ms", "p99 ms"],
+            [
+                [name, w.requests, w.errors, w.limited, f"{w.p50_ms:g}", f"{w.p99_ms:g}"]
+                for name, w in (("before", report.baseline), ("during", report.during))
+            ],
+            align="-rrrrr",
+        ),
         "",
-        "| replica | SIGTERM at s | out of pool after s | exited after s | exit code "
-        "| replacement | in pool after s | total s |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
+        replicas,
     ]
-    for r in report.replicas:
-        lines.append(
-            f"| {r.old} ({r.old_address}) | {r.term_at} | {r.out_of_pool_after} | "
-            f"{r.exited_after} | {r.exit_code} | {r.new} ({r.new_address}) | "
-            f"{r.joined_after} | {r.total} |"
-        )
     if report.problems:
         lines += ["", *(f"- FAILED: {problem}" for problem in report.problems)]
     return "\n".join(lines) + "\n"
@@ -271,7 +270,7 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     report.results = str(out)
     (out / "rollout.md").write_text(markdown(report))
-    (out / "rollout.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    write_json(out / "rollout.json", asdict(report))
     plot(report, samples, watcher.samples, t0, rollout, out / "rollout.png")
 
 
@@ -280,10 +279,6 @@ def plot(
     t0: float, rollout: tuple[float, float], path: Path,
 ) -> None:  # fmt: skip
     """Answers and errors per second, p99 per second, pool size: one shared time axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     # Whole seconds only: the last, partial one would show as a drop in throughput.
@@ -303,34 +298,33 @@ def plot(
         if len(latencies) >= 2:
             p99[second] = statistics.quantiles(latencies, n=100)[98]
     xs = list(range(seconds))
-    fig, (ax_rps, ax_p99, ax_pool) = plt.subplots(3, 1, figsize=(11, 7), sharex=True)
-    ax_rps.plot(xs, answered, color="tab:blue", label="answered (not 5xx)")
-    ax_rps.bar(xs, errors, color="tab:red", label="client-visible errors")
-    ax_rps.set_ylabel("requests / s")
-    ax_rps.legend(loc="lower left", fontsize=8)
-    ax_p99.plot(xs, p99, color="tab:purple")
-    ax_p99.set_ylabel("p99 latency (ms)")
-    ax_pool.step([m - t0 for m, _ in pool], [len(p) for _, p in pool], where="post",
-                 color="tab:green")  # fmt: skip
-    ax_pool.set_ylabel("replicas in the lb pool")
-    ax_pool.set_ylim(0, max((len(p) for _, p in pool), default=1) + 0.5)
-    ax_pool.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_pool.set_xlabel("seconds since the load started")
-    for ax in (ax_rps, ax_p99, ax_pool):
+    with figure(
+        path,
+        title=f"make rollout: {len(report.replicas)} api replicas replaced one at a time under "
+        "load",
+        conclusion=conclusion(report),
+        size=(11, 7),
+    ) as fig:
+        ax_rps, ax_p99, ax_pool = fig.subplots(3, 1, sharex=True)
+        ax_rps.plot(xs, answered, color="tab:blue", label="answered (not 5xx)")
+        ax_rps.bar(xs, errors, color="tab:red", label="client-visible errors")
+        ax_rps.set_ylabel("requests / s")
+        ax_rps.legend(loc="lower left", fontsize=8)
+        ax_p99.plot(xs, p99, color="tab:purple")
+        ax_p99.set_ylabel("p99 latency (ms)")
+        ax_pool.step([m - t0 for m, _ in pool], [len(p) for _, p in pool], where="post",
+                     color="tab:green")  # fmt: skip
+        ax_pool.set_ylabel("replicas in the lb pool")
+        ax_pool.set_ylim(0, max((len(p) for _, p in pool), default=1) + 0.5)
+        ax_pool.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_pool.set_xlabel("seconds since the load started")
+        for ax in (ax_rps, ax_p99, ax_pool):
+            for r in report.replicas:
+                ax.axvline(r.term_at, color="grey", linestyle="--", linewidth=0.8)
+            ax.axvspan(rollout[0] - t0, rollout[1] - t0, color="grey", alpha=0.08)
         for r in report.replicas:
-            ax.axvline(r.term_at, color="grey", linestyle="--", linewidth=0.8)
-        ax.axvspan(rollout[0] - t0, rollout[1] - t0, color="grey", alpha=0.08)
-    for r in report.replicas:
-        ax_rps.annotate(f"TERM {r.old}", (r.term_at, 1.0), xycoords=("data", "axes fraction"),
-                        rotation=90, va="top", fontsize=7)  # fmt: skip
-    fig.suptitle(
-        f"make rollout: {len(report.replicas)} api replicas replaced one at a time under "
-        f"load\n{conclusion(report)}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            ax_rps.annotate(f"TERM {r.old}", (r.term_at, 1.0), xycoords=("data", "axes fraction"),
+                            rotation=90, va="top", fontsize=7)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

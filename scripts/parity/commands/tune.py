@@ -45,17 +45,19 @@ from parity.harness.benchdocs import cpu_model
 from parity.harness.loadgen import LoadgenError, LocustResult, run_locust
 from parity.harness.options import bounded
 from parity.harness.repo import REPO_ROOT
+from parity.harness.report import figure, markdown_table, write_json
+from parity.harness.report import progress as log
 from parity.harness.stack import (
     DEFAULT_DATABASE_URL,
     ComposeStack,
     GunicornProcess,
     NativeStack,
     StackError,
-    compose_api_url,
     delete_redis_prefix,
     drop_database,
     fetch_value,
 )
+from parity.harness.target import add_target_options, target_choice
 
 SCENARIOS = ("mixed", "browse", "buy")
 NEAR_BEST = 0.95  # "within 5% of the best throughput"
@@ -65,10 +67,6 @@ MIB = 1024 * 1024
 
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- what one worker count measured ---------------------------------------------------
@@ -577,7 +575,7 @@ def write_csv(path: Path, points: list[Point]) -> None:
         writer.writerows(asdict(p) for p in points)
 
 
-def markdown_table(points: list[Point]) -> str:
+def sweep_table(points: list[Point]) -> str:
     def cell(point: Point, key: str) -> str:
         value = getattr(point, key)
         if key == "error_rate":
@@ -586,79 +584,88 @@ def markdown_table(points: list[Point]) -> str:
             return f"{value:,.0f}"
         return f"{value:g}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |"]
-    lines.append("|" + "|".join("---:" for _ in COLUMNS) + "|")
-    lines += ["| " + " | ".join(cell(p, key) for key, _ in COLUMNS) + " |" for p in points]
-    return "\n".join(lines)
+    return markdown_table(
+        [title for _, title in COLUMNS],
+        [[cell(p, key) for key, _ in COLUMNS] for p in points],
+        align="r" * len(COLUMNS),
+    )
 
 
 def write_plot(
     path: Path, points: list[Point], slo_p95_ms: float, choice: int | None, title: str
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: no display needed
-    import matplotlib.pyplot as plt
-
     workers = [p.workers for p in points]
-    figure, (top, bottom) = plt.subplots(
-        2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    chosen = next((p for p in points if p.workers == choice), None)
+    conclusion = (
+        f"Recommended: {plural(chosen.workers, 'worker')}, {chosen.rps:,.0f} req/s at p95 "
+        f"{chosen.p95_ms:g} ms (SLO {slo_p95_ms:g} ms)."
+        if chosen
+        else f"No recommendation: no worker count met p95 ≤ {slo_p95_ms:g} ms with at most "
+        f"{100 * MAX_ERROR_RATE:g}% errors."
     )
-    bars = top.bar(
-        workers, [p.rps for p in points], color="#4C72B0", alpha=0.8, label="throughput (req/s)"
-    )
-    if choice is not None:
-        bars[workers.index(choice)].set_color("#55A868")
-    top.set_ylabel("throughput (req/s)")
-    top.set_ylim(0, 1.35 * max(p.rps for p in points))  # room for the legend
-    latency = top.twinx()
-    latency.plot(workers, [p.p95_ms for p in points], "o-", color="#C44E52", label="p95 (ms)")
-    latency.plot(
-        workers, [p.p99_ms for p in points], "o:", color="#C44E52", alpha=0.5, label="p99 (ms)"
-    )
-    latency.axhline(
-        slo_p95_ms, color="#C44E52", linestyle="--", linewidth=1, label=f"SLO p95 {slo_p95_ms:g} ms"
-    )
-    # Said on the line itself: a dashed line across the bars otherwise reads as a
-    # throughput on the left axis.
-    latency.annotate(
-        f"SLO: p95 ≤ {slo_p95_ms:g} ms (right axis)",
-        (1.0, slo_p95_ms),
-        xycoords=("axes fraction", "data"),
-        xytext=(-4, 3),
-        textcoords="offset points",
-        ha="right",
-        fontsize=8,
-        color="#C44E52",
-    )
-    latency.set_ylabel("latency (ms, right axis, red)", color="#C44E52")
-    latency.tick_params(axis="y", colors="#C44E52")
-    latency.set_ylim(0, 1.35 * max(slo_p95_ms, *(p.p99_ms for p in points)))
-    handles = [bars, *latency.get_lines()]
-    top.legend(handles, [h.get_label() for h in handles], loc="upper center", ncol=4, fontsize=8)
-    top.set_title(title, fontsize=10)
-    bottom.plot(workers, [p.server_cpu_percent for p in points], "s-", label="server CPU %")
-    bottom.plot(workers, [p.locust_cpu_percent for p in points], "^-", label="Locust CPU %")
-    bottom.set_ylabel("CPU % (100 = one core)")
-    bottom.set_ylim(0, 1.35 * max(100.0, *(p.server_cpu_percent for p in points)))
-    memory = bottom.twinx()
-    memory.plot(
-        workers,
-        [p.rss_mib_per_worker for p in points],
-        "d--",
-        color="#8172B2",
-        label="RSS per worker (MiB)",
-    )
-    memory.set_ylabel("RSS per worker (MiB, right axis)", color="#8172B2")
-    memory.tick_params(axis="y", colors="#8172B2")
-    memory.set_ylim(0, 1.35 * max(p.rss_mib_per_worker for p in points) or 1)
-    handles = bottom.get_lines() + memory.get_lines()
-    bottom.legend(handles, [h.get_label() for h in handles], loc="upper center", ncol=3, fontsize=8)
-    bottom.set_xlabel("Gunicorn workers" + (f" (recommended: {choice}, green)" if choice else ""))
-    bottom.set_xticks(workers)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    with figure(path, title=title, conclusion=conclusion, size=(8, 7)) as fig:
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+        bars = top.bar(
+            workers, [p.rps for p in points], color="#4C72B0", alpha=0.8, label="throughput (req/s)"
+        )
+        if choice is not None:
+            bars[workers.index(choice)].set_color("#55A868")
+        top.set_ylabel("throughput (req/s)")
+        top.set_ylim(0, 1.35 * max(p.rps for p in points))  # room for the legend
+        latency = top.twinx()
+        latency.plot(workers, [p.p95_ms for p in points], "o-", color="#C44E52", label="p95 (ms)")
+        latency.plot(
+            workers, [p.p99_ms for p in points], "o:", color="#C44E52", alpha=0.5, label="p99 (ms)"
+        )
+        latency.axhline(
+            slo_p95_ms,
+            color="#C44E52",
+            linestyle="--",
+            linewidth=1,
+            label=f"SLO p95 {slo_p95_ms:g} ms",
+        )
+        # Said on the line itself: a dashed line across the bars otherwise reads as a
+        # throughput on the left axis.
+        latency.annotate(
+            f"SLO: p95 ≤ {slo_p95_ms:g} ms (right axis)",
+            (1.0, slo_p95_ms),
+            xycoords=("axes fraction", "data"),
+            xytext=(-4, 3),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+            color="#C44E52",
+        )
+        latency.set_ylabel("latency (ms, right axis, red)", color="#C44E52")
+        latency.tick_params(axis="y", colors="#C44E52")
+        latency.set_ylim(0, 1.35 * max(slo_p95_ms, *(p.p99_ms for p in points)))
+        handles = [bars, *latency.get_lines()]
+        top.legend(
+            handles, [h.get_label() for h in handles], loc="upper center", ncol=4, fontsize=8
+        )
+        bottom.plot(workers, [p.server_cpu_percent for p in points], "s-", label="server CPU %")
+        bottom.plot(workers, [p.locust_cpu_percent for p in points], "^-", label="Locust CPU %")
+        bottom.set_ylabel("CPU % (100 = one core)")
+        bottom.set_ylim(0, 1.35 * max(100.0, *(p.server_cpu_percent for p in points)))
+        memory = bottom.twinx()
+        memory.plot(
+            workers,
+            [p.rss_mib_per_worker for p in points],
+            "d--",
+            color="#8172B2",
+            label="RSS per worker (MiB)",
+        )
+        memory.set_ylabel("RSS per worker (MiB, right axis)", color="#8172B2")
+        memory.tick_params(axis="y", colors="#8172B2")
+        memory.set_ylim(0, 1.35 * max(p.rss_mib_per_worker for p in points) or 1)
+        handles = bottom.get_lines() + memory.get_lines()
+        bottom.legend(
+            handles, [h.get_label() for h in handles], loc="upper center", ncol=3, fontsize=8
+        )
+        bottom.set_xlabel(
+            "Gunicorn workers" + (f" (recommended: {choice}, green)" if choice else "")
+        )
+        bottom.set_xticks(workers)
 
 
 def machine_description() -> str:
@@ -706,16 +713,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="Example: parity tune --native --workers 1-4 --duration 30",
     )
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--native",
-        action="store_true",
-        help="start Gunicorn natively via parity stack (the default)",
-    )
-    mode.add_argument(
-        "--compose",
-        action="store_true",
-        help="recreate the compose `api` service with GUNICORN_WORKERS",
+    add_target_options(
+        parser,
+        ("native", "compose"),
+        help={
+            "native": "start Gunicorn natively via parity stack",
+            "compose": "recreate the compose `api` service with GUNICORN_WORKERS",
+        },
     )
     parser.add_argument(
         "--workers",
@@ -787,10 +791,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=REPO_ROOT / "results",
         help="parent directory of the timestamped results (default results/)",
     )
-    parser.add_argument(
-        "--url",
-        help="--compose: the published API (default http://127.0.0.1:$API_PORT, or :8000)",
-    )
     parser.add_argument("--compose-db-service", default="postgres", help=argparse.SUPPRESS)
     # compose.yaml's POSTGRES_USER (tests/test_deploy_compose.py keeps them equal).
     parser.add_argument("--compose-db-user", default="parity", help=argparse.SUPPRESS)
@@ -798,13 +798,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep-database", action="store_true", help="native: keep the sweep's database afterwards"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.target = target_choice(parser, args)
+    return args
 
 
 def build_target(args: argparse.Namespace) -> Target:
-    if args.compose:
+    if args.target.kind == "compose":
         return ComposeTarget(
-            base_url=args.url or compose_api_url(),
+            base_url=args.target.url,
             db_service=args.compose_db_service,
             db_user=args.compose_db_user,
         )
@@ -843,7 +845,7 @@ def report(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any]:
             "",
             settings,
             "",
-            markdown_table(points),
+            sweep_table(points),
             "",
             "## Recommendation",
             "",
@@ -873,9 +875,9 @@ def report(sweep: Sweep, args: argparse.Namespace) -> dict[str, Any]:
         "interrupted": sweep.interrupted,
         "results": str(out),
     }
-    (out / "sweep.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_json(out / "sweep.json", data)
     print(file=sys.stderr)
-    print(markdown_table(points), file=sys.stderr)
+    print(sweep_table(points), file=sys.stderr)
     print(file=sys.stderr)
     for line in [*recommendation.reasons, "", *budget, *([warning] if warning else [])]:
         print(line, file=sys.stderr)

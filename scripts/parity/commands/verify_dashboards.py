@@ -6,7 +6,7 @@ Prometheus, and check that the request counters it scraped equal the requests se
     parity verify dashboards --native     # Gunicorn + Prometheus on free ports
     parity verify dashboards --compose    # compose: Prometheus :9090, API :8000
     parity verify dashboards --compose --only-job lb   # the lb panels, no traffic
-    parity verify dashboards --prometheus-url URL --api-url URL
+    parity verify dashboards --prometheus-url URL --url URL
 
 --native starts everything itself (needs prometheus/promtool, Postgres, redis-server):
 Gunicorn with 2 workers on this machine's Postgres, a throwaway Redis it can stop, and
@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from parity.harness.load import Phase
 from parity.harness.prometheus_native import (
     NATIVE_DROPPED,
     NATIVE_DROPPED_JOBS,
@@ -62,7 +63,8 @@ from parity.harness.stack import (
     free_port,
     scratch_database,
 )
-from parity.harness.traffic import Phase, TrafficReport, run_traffic, seeded_product_ids
+from parity.harness.target import TargetChoice, add_target_options, target_choice
+from parity.harness.traffic import TrafficReport, run_traffic, seeded_product_ids
 
 # Jobs that a supported compose stack may lack -> why. compose.offline.yaml (what CI
 # runs) has no collector: Prometheus keeps its targets, down; `locust` (profile
@@ -470,7 +472,7 @@ def run_remote(args: argparse.Namespace, progress: Callable[[str], None]) -> Ver
         if unavailable:
             progress(f"not scraped here (their expressions are skipped): {sorted(unavailable)}")
         down = up = None
-        if args.compose:
+        if args.target.kind == "compose":
             compose = ComposeStack()
             down, up = (
                 (lambda: compose.stop_service("redis")),
@@ -500,13 +502,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--native", action="store_true", help="start Gunicorn and Prometheus here")
-    mode.add_argument("--compose", action="store_true", help="the running compose stack")
-    mode.add_argument("--prometheus-url", help="a running Prometheus that scrapes --api-url")
-    parser.add_argument(
-        "--api-url", help="API base URL (default: 127.0.0.1 and API_PORT, else 8000)"
+    mode = add_target_options(
+        parser,
+        ("native", "compose"),
+        default=None,
+        help={"native": "start Gunicorn and Prometheus here"},
     )
+    mode.add_argument("--prometheus-url", help="a running Prometheus that scrapes --url")
     parser.add_argument("--workers", type=int, default=2, help="--native: Gunicorn workers")
     parser.add_argument("--products", type=int, default=1000, help="--native: products to seed")
     parser.add_argument(
@@ -524,11 +526,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="list passing expressions too")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    if args.compose:
+    # --prometheus-url is this command's own mode: the API is wherever that one scrapes.
+    args.target = (
+        target_choice(parser, args) if args.prometheus_url is None else TargetChoice("url")
+    )
+    args.api_url = args.target.url or args.url or compose_api_url()
+    if args.target.kind == "compose":
         args.prometheus_url = compose_prometheus_url()
-    if args.api_url is None:
-        args.api_url = compose_api_url()
-    if args.native and args.only_job:
+    if args.target.native and args.only_job:
         parser.error("--only-job needs --compose or --prometheus-url (--native scrapes no lb)")
     if args.workers < 1 or args.products < 1:
         parser.error("--workers and --products must be at least 1")
@@ -542,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[verify-dashboards] {message}", file=sys.stderr, flush=True)
 
     try:
-        result = run_native(args, progress) if args.native else run_remote(args, progress)
+        result = run_native(args, progress) if args.target.native else run_remote(args, progress)
     except (StackError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

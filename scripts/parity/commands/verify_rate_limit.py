@@ -33,7 +33,6 @@ import json
 import os
 import random
 import re
-import sys
 import time
 import uuid
 from collections import Counter
@@ -48,23 +47,20 @@ import httpx
 
 from app.client_identity import issue_key
 from parity.harness.options import positive_int
+from parity.harness.report import progress
 from parity.harness.stack import (
-    ComposeStack,
     GunicornProcess,
     NativeStack,
     StackError,
     delete_redis_prefix,
     scratch_database,
 )
+from parity.harness.target import add_target_options, target_choice
 
 DEFAULT_PATH = "/api/v1/products?limit=1"
 # A loopback address other than 127.0.0.1: connecting from it makes us an untrusted
 # peer of a server that trusts only 127.0.0.1 as a proxy.
 UNTRUSTED_LOOPBACK = "127.0.0.2"
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- Which worker holds a connection (Linux /proc) -----------------------------------
@@ -550,12 +546,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit status: 0 all checks passed, 1 a deviation, 2 the target could not be used.",
     )
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument(
-        "--native", action="store_true", help="start Gunicorn here (parity stack; default)"
-    )
-    target.add_argument("--compose", action="store_true", help="the `docker compose up` stack")
-    target.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
+    add_target_options(parser, ("native", "compose", "url"))
     parser.add_argument("--path", default=DEFAULT_PATH, help=f"route to drive ({DEFAULT_PATH})")
     parser.add_argument("--identities", type=positive_int, default=4, help="API-key clients (4)")
     parser.add_argument(
@@ -582,7 +573,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "on DATABASE_URL's server (or the local one), dropped afterwards",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.target = target_choice(parser, args)
+    return args
 
 
 @contextmanager
@@ -696,7 +689,7 @@ def _run(run: Run) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    if args.url or args.compose:
+    if not args.target.native:
         if args.api_keys and len(args.api_keys) < args.identities:
             progress(
                 f"error: {args.identities} identities need {args.identities} --api-key "
@@ -716,8 +709,8 @@ def main(argv: list[str] | None = None) -> int:
         args.api_keys = [key for key, _ in issued]
         args.api_key_hashes = [digest for _, digest in issued]
     try:
-        if args.url or args.compose:
-            base_url = args.url or ComposeStack().base_url
+        if not args.target.native:
+            base_url = args.target.url
             policy = asyncio.run(discover_policy(base_url, args.path))
             run = Run(
                 base_url,

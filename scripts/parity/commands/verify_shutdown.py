@@ -31,7 +31,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -45,17 +44,19 @@ from typing import Any, Protocol
 
 import httpx
 
+from parity.harness.report import figure
+from parity.harness.report import progress as log
 from parity.harness.stack import (
     ComposeStack,
     GunicornProcess,
     NativeStack,
     StackError,
     child_pids,
-    compose_api_url,
     delete_redis_prefix,
     iter_json_lines,
     scratch_database,
 )
+from parity.harness.target import add_target_options, target_choice
 
 PHASES = ("signal", "delay", "stop_accepting", "drain", "lifespan_shutdown", "exit")
 SLOW_PATH = "/api/v1/demo/slow"
@@ -75,10 +76,6 @@ FAILURE_KINDS = {
     "unexpected_status": "a status other than 200",
     "other": "any other client error",
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- one request ------------------------------------------------------------------------
@@ -730,13 +727,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="docs/shutdown.md explains the shutdown sequence and the numbers.",
     )
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--native", action="store_true", help="start Gunicorn here (stack.py)")
-    where.add_argument("--compose", action="store_true", help="the running compose stack")
-    where.add_argument("--pid", type=int, help="signal this running Gunicorn master")
-    parser.add_argument(
-        "--url", help="with --pid/--compose (default http://127.0.0.1:$API_PORT, or :8000)"
-    )
+    add_target_options(parser, ("native", "compose", "pid"), default=None)
     parser.add_argument("--log-file", type=Path, help="with --pid: its log, for the phases")
     parser.add_argument("--signal", choices=["TERM", "HUP"], default="TERM")
     parser.add_argument("--clients", type=int, default=300, help="concurrent clients (300)")
@@ -763,6 +754,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     problems = check_args(args)
     if problems:
         parser.error("; ".join(problems))
+    args.target = target_choice(parser, args)
     return args
 
 
@@ -791,12 +783,12 @@ def native_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def make_target(args: argparse.Namespace) -> Target:
-    if args.native:
+    choice = args.target
+    if choice.kind == "native":
         return NativeTarget(args.workers, native_env(args), products=100)
-    url = args.url or compose_api_url()
-    if args.compose:
-        return ComposeTarget(url)
-    return PidTarget(args.pid, url, args.log_file)
+    if choice.kind == "compose":
+        return ComposeTarget(choice.url)
+    return PidTarget(choice.pid, choice.url, args.log_file)
 
 
 def check_target(base_url: str, fast_path: str) -> None:
@@ -859,12 +851,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def plot_timeline(data: RunData, report: dict[str, Any], path: Path) -> None:
     """Requests in flight and outcomes per 100 ms around the signal, phases marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     step = 0.1
     end = max((a.ended or a.started for a in data.attempts), default=0.0)
     bins = [i * step for i in range(int(end / step) + 2)]
@@ -874,46 +860,55 @@ def plot_timeline(data: RunData, report: dict[str, Any], path: Path) -> None:
         if a.ended is not None:
             series = done.setdefault(a.outcome, [0] * len(bins))
             series[min(int(a.ended / step), len(bins) - 1)] += 1
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 6))
-    top.plot(bins, in_flight, color="tab:blue")
-    top.set_ylabel("requests in flight")
-    colors: dict[str, str] = {OK: "tab:green", REFUSED: "tab:gray"}
-    # Refusals are not failures: after TERM the listener closes on purpose.
-    labels = {OK: "answered", REFUSED: "not accepted (expected once the listener closed)"}
-    bottom_line = [0] * len(bins)
-    for outcome, series in sorted(done.items()):
-        color = colors.get(outcome, "tab:red")
-        label = labels.get(outcome, f"LOST: {outcome}")
-        bottom.bar(bins, series, width=step, bottom=bottom_line, color=color, label=label)
-        bottom_line = [b + s for b, s in zip(bottom_line, series, strict=True)]
-    bottom.set_ylabel("responses per 100 ms")
-    bottom.set_xlabel("seconds since the load started")
-    bottom.legend(loc="upper right")
-    marks: list[tuple[float, str]] = [(data.signal_at, f"SIG{report['signal']}")]
-    for phase in ("stop_accepting", "drain"):
-        times = [
-            p["at"]
-            for worker in report["phases"].get("workers", {}).values()
-            for p in worker
-            if p["phase"] == phase
-        ]
-        if times:
-            marks.append((data.signal_at + max(times), f"{phase} done"))
-    # The master's exit, the moment the console reports (the workers exit just before).
-    master_exit = report["phases"].get("master_exit_at")
-    if master_exit is not None:
-        marks.append((data.signal_at + master_exit, "master exit"))
-    for axis in (top, bottom):
-        for x, _ in marks:
-            axis.axvline(x, color="black", linestyle="--", linewidth=0.8)
-    # Marks a few tenths of a second apart (SIGTERM, then stop_accepting with no delay)
-    # would print over each other: each label at its own height.
-    for index, (x, label) in enumerate(marks):
-        height = 1.0 - 0.22 * (index % 4)
-        top.annotate(label, (x, height), xycoords=("data", "axes fraction"), xytext=(3, 0),
-                     textcoords="offset points", fontsize=8, va="top")  # fmt: skip
-    verdict_text = "nothing lost" if report["verdict"]["ok"] else "FAILED"
-    fig.suptitle(f"SIG{report['signal']} under load: {verdict_text}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    requests, verdict_ = report["requests"], report["verdict"]
+    conclusion = (
+        f"Nothing lost: {requests['in_flight_at_signal_ok']} of the "
+        f"{requests['in_flight_at_signal']} requests in flight at the signal completed OK."
+        if verdict_["ok"]
+        else "FAILED: " + "; ".join(verdict_["reasons"])
+    )
+    with figure(
+        path,
+        title=f"SIG{report['signal']} under load",
+        conclusion=conclusion,
+        size=(11, 6),
+        dpi=100,
+    ) as fig:
+        top, bottom = fig.subplots(2, 1, sharex=True)
+        top.plot(bins, in_flight, color="tab:blue")
+        top.set_ylabel("requests in flight")
+        colors: dict[str, str] = {OK: "tab:green", REFUSED: "tab:gray"}
+        # Refusals are not failures: after TERM the listener closes on purpose.
+        labels = {OK: "answered", REFUSED: "not accepted (expected once the listener closed)"}
+        bottom_line = [0] * len(bins)
+        for outcome, series in sorted(done.items()):
+            color = colors.get(outcome, "tab:red")
+            label = labels.get(outcome, f"LOST: {outcome}")
+            bottom.bar(bins, series, width=step, bottom=bottom_line, color=color, label=label)
+            bottom_line = [b + s for b, s in zip(bottom_line, series, strict=True)]
+        bottom.set_ylabel("responses per 100 ms")
+        bottom.set_xlabel("seconds since the load started")
+        bottom.legend(loc="upper right")
+        marks: list[tuple[float, str]] = [(data.signal_at, f"SIG{report['signal']}")]
+        for phase in ("stop_accepting", "drain"):
+            times = [
+                p["at"]
+                for worker in report["phases"].get("workers", {}).values()
+                for p in worker
+                if p["phase"] == phase
+            ]
+            if times:
+                marks.append((data.signal_at + max(times), f"{phase} done"))
+        # The master's exit, the moment the console reports (the workers exit just before).
+        master_exit = report["phases"].get("master_exit_at")
+        if master_exit is not None:
+            marks.append((data.signal_at + master_exit, "master exit"))
+        for axis in (top, bottom):
+            for x, _ in marks:
+                axis.axvline(x, color="black", linestyle="--", linewidth=0.8)
+        # Marks a few tenths of a second apart (SIGTERM, then stop_accepting with no delay)
+        # would print over each other: each label at its own height.
+        for index, (x, label) in enumerate(marks):
+            height = 1.0 - 0.22 * (index % 4)
+            top.annotate(label, (x, height), xycoords=("data", "axes fraction"), xytext=(3, 0),
+                         textcoords="offset points", fontsize=8, va="top")  # fmt: skip

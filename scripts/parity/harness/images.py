@@ -38,7 +38,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parity.harness.repo import REPO_ROOT
+from parity.harness.report import progress as _stderr
 
 # Bump to rebuild every image (the recipe of the base, hence of all, includes it).
 KIT_VERSION = "1"
@@ -127,10 +127,6 @@ class BuildError(RuntimeError):
 
 
 Progress = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 # --- the host's configuration -------------------------------------------------------

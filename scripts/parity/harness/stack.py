@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +179,33 @@ def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
             process.wait()
 
 
+def wait_until_answers(
+    url: str,
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    accept: Callable[[int], bool] = lambda status: status == 200,
+    gone: Callable[[], str | None] | None = None,
+) -> None:
+    """The one wait-until-ready loop: GET `url` until its status is accepted (200 by
+    default). StackError naming the last answer when the deadline passes, or at once
+    with `gone()`'s message when it reports the server dead."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if gone is not None and (reason := gone()):
+            raise StackError(reason)
+        try:
+            response = httpx.get(url, timeout=2)
+            if accept(response.status_code):
+                return
+            last = f"{response.status_code} {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(interval)
+    raise StackError(f"{url} not ready after {timeout:g}s ({last})")
+
+
 @dataclass
 class GunicornProcess:
     """A Gunicorn master started with the project's gunicorn.conf.py, logging to a file."""
@@ -209,24 +236,18 @@ class GunicornProcess:
     def wait_ready(self, timeout: float = 30.0, path: str = "/ready") -> None:
         """Poll `path` until it answers 200; raise StackError with the log tail if the
         master exits or the deadline passes."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
+
+        def exited() -> str | None:
+            if self.process.poll() is None:
+                return None
+            return f"gunicorn exited with {self.process.returncode}:\n{self.log_tail()}"
+
+        try:
+            wait_until_answers(self.base_url + path, timeout=timeout, gone=exited)
+        except StackError as exc:
             if self.process.poll() is not None:
-                raise StackError(
-                    f"gunicorn exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                response = httpx.get(self.base_url + path, timeout=2)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            time.sleep(0.1)
-        raise StackError(
-            f"{self.base_url}{path} not ready after {timeout}s ({last}):\n{self.log_tail()}"
-        )
+                raise
+            raise StackError(f"{exc}:\n{self.log_tail()}") from None
 
     def booted_worker_pids(self) -> set[int]:
         """Pids of workers whose lifespan startup completed, from the log."""
@@ -484,18 +505,7 @@ class ComposeStack:
         """Poll the published API until `path` answers 200. /health, not /ready: the
         replicas answer /ready only on their internal listener, which is not published
         (app/listeners.py); the load balancer in front routes to ready replicas."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                response = httpx.get(self.base_url + path, timeout=2)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            time.sleep(0.5)
-        raise StackError(f"{self.base_url}{path} not ready after {timeout}s ({last})")
+        wait_until_answers(self.base_url + path, timeout=timeout, interval=0.5)
 
 
 def ps_entries(text: str) -> list[dict[str, Any]]:

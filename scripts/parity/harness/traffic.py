@@ -4,26 +4,27 @@ class to show up in the metrics (parity verify dashboards, the observability tes
 load *testing* is Locust's job (loadtest/).
 
     phases = [Phase("steady", seconds=4, concurrency=4),
-              Phase("redis down", seconds=3, concurrency=4, before=redis.stop, after=redis.start)]
+              Phase("redis down", seconds=3, before=redis.stop, after=redis.start)]
     report = run_traffic("http://127.0.0.1:8000", phases, product_ids=range(1, 51))
     report.by_route()   # {("GET", "/api/v1/products/{product_id}"): 812, ...}
 
-Every phase stops by itself after `seconds` or `max_requests`, whichever comes first;
-traffic only ever goes to the given base URL (loopback in tests).
+Every phase stops by itself after `seconds` or `max_requests` (20,000 unless the phase
+says), whichever comes first; traffic only ever goes to the given base URL (loopback in
+tests). The driver is harness/load.py's, one fresh load per phase.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import httpx
+
+from parity.harness.load import Phase, Request, run_fresh_phases
 
 PRODUCTS = "/api/v1/products"
 PRODUCT = "/api/v1/products/{product_id}"
@@ -31,15 +32,7 @@ ORDERS = "/api/v1/orders"
 MISSING_PRODUCT_ID = 2**62  # valid id, never seeded: 404
 
 
-@dataclass(frozen=True)
-class Phase:
-    name: str
-    seconds: float
-    concurrency: int = 4
-    max_requests: int = 20_000
-    # Called (blocking) before the phase starts / after it ends, e.g. stop Redis.
-    before: Callable[[], Any] | None = None
-    after: Callable[[], Any] | None = None
+MAX_REQUESTS_PER_PHASE = 20_000
 
 
 @dataclass
@@ -86,25 +79,26 @@ class Requests:
         self.hot = self.product_ids[:5]
         self.random = random.Random(seed)
 
-    def next(self) -> tuple[str, str, str, dict[str, Any]]:
-        """(method, route template, path, httpx keyword arguments)."""
+    def next(self, client: int = 0, n: int = 0) -> Request:
+        """The next request of the mix, counted under its route template (any client:
+        the mix is one random sequence)."""
         pick = self.random.random()
         if pick < 0.35:
             product = self.random.choice(self.hot)
-            return "GET", PRODUCT, f"{PRODUCTS}/{product}", {}
+            return Request(PRODUCT, "GET", f"{PRODUCTS}/{product}")
         if pick < 0.50:
             product = self.random.choice(self.product_ids)
-            return "GET", PRODUCT, f"{PRODUCTS}/{product}", {}
+            return Request(PRODUCT, "GET", f"{PRODUCTS}/{product}")
         if pick < 0.65:
-            return "GET", PRODUCTS, PRODUCTS, {"params": {"limit": 20}}
+            return Request(PRODUCTS, "GET", PRODUCTS, {"params": {"limit": 20}})
         if pick < 0.75:
-            return "GET", PRODUCT, f"{PRODUCTS}/{MISSING_PRODUCT_ID}", {}
+            return Request(PRODUCT, "GET", f"{PRODUCTS}/{MISSING_PRODUCT_ID}")
         if pick < 0.90:
             line = {"product_id": self.random.choice(self.product_ids), "quantity": 1}
             headers = {"Idempotency-Key": uuid.uuid4().hex}
-            return "POST", ORDERS, ORDERS, {"json": {"items": [line]}, "headers": headers}
+            return Request(ORDERS, "POST", ORDERS, {"json": {"items": [line]}, "headers": headers})
         product = self.random.choice(self.hot)
-        return "PATCH", PRODUCT, f"{PRODUCTS}/{product}", {"json": {}}
+        return Request(PRODUCT, "PATCH", f"{PRODUCTS}/{product}", {"json": {}})
 
 
 # Each simulated client is an address of its own (198.18.0.0/15, RFC 2544: no real
@@ -120,50 +114,6 @@ def client_address(number: int) -> str:
     return f"198.18.{number // 256 % 256}.{number % 256}"
 
 
-async def _run_phase(
-    client: httpx.AsyncClient, phase: Phase, requests: Requests, report: TrafficReport
-) -> int:
-    deadline = time.monotonic() + phase.seconds
-    budget = [phase.max_requests]
-
-    async def user(number: int) -> None:
-        identity = {IDENTITY_HEADER: client_address(number)}
-        while time.monotonic() < deadline and budget[0] > 0:
-            budget[0] -= 1
-            method, route, path, kwargs = requests.next()
-            headers = {**identity, **kwargs.pop("headers", {})}
-            try:
-                response = await client.request(method, path, headers=headers, **kwargs)
-            except httpx.TransportError as exc:
-                report.transport_errors[f"{phase.name}: {type(exc).__name__}"] += 1
-                continue
-            report.answers[method, route, response.status_code] += 1
-
-    await asyncio.gather(*(user(number) for number in range(phase.concurrency)))
-    return phase.max_requests - budget[0]
-
-
-async def _run(
-    base_url: str, phases: Iterable[Phase], requests: Requests, progress: Callable[[str], None]
-) -> TrafficReport:
-    report = TrafficReport(started=time.time())
-    limits = httpx.Limits(max_connections=max(p.concurrency for p in phases))
-    # Generous timeout: a slow answer is still an answer to count; the server bounds
-    # its own work (pool and statement timeouts).
-    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
-        for phase in phases:
-            if phase.before:
-                await asyncio.to_thread(phase.before)
-            started = time.monotonic()
-            progress(f"traffic: {phase.name} ({phase.seconds:g}s, {phase.concurrency} clients)")
-            sent = await _run_phase(client, phase, requests, report)
-            report.phases.append((phase.name, time.monotonic() - started, sent))
-            if phase.after:
-                await asyncio.to_thread(phase.after)
-    report.finished = time.time()
-    return report
-
-
 def run_traffic(
     base_url: str,
     phases: Sequence[Phase],
@@ -173,7 +123,31 @@ def run_traffic(
     seed: int = 5,
 ) -> TrafficReport:
     """Run `phases` one after the other against `base_url`; blocks until done."""
-    return asyncio.run(_run(base_url, list(phases), Requests(product_ids, seed), progress))
+    report = TrafficReport(started=time.time())
+    budgeted = [
+        replace(phase, max_requests=phase.max_requests or MAX_REQUESTS_PER_PHASE)
+        for phase in phases
+    ]
+    # Generous timeout: a slow answer is still an answer to count; the server bounds
+    # its own work (pool and statement timeouts).
+    runs = run_fresh_phases(
+        base_url,
+        Requests(product_ids, seed).next,
+        budgeted,
+        progress=lambda message: progress(f"traffic: {message}"),
+        client_headers=lambda client: {IDENTITY_HEADER: client_address(client)},
+        timeout=30,
+    )
+    for run in runs:
+        for sample in run.samples:
+            if sample.status:
+                report.answers[sample.method, sample.label, sample.status] += 1
+            else:
+                kind = (sample.error or "error").split(":")[0]
+                report.transport_errors[f"{run.name}: {kind}"] += 1
+        report.phases.append((run.name, run.seconds, len(run.samples)))
+    report.finished = time.time()
+    return report
 
 
 def seeded_product_ids(base_url: str, limit: int = 100) -> list[int]:
