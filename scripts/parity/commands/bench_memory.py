@@ -66,7 +66,16 @@ from parity.harness.stack import (
     free_port,
     scratch_database,
 )
-from parity.harness.wrk import IDENTITY_LUA, WRK_REPORT, OtlpSink, machine, measure_cpu, wrk
+from parity.harness.wrk import (
+    ADDRESS_LUA,
+    IDENTITY_LUA,
+    WRK_REPORT,
+    CpuSample,
+    OtlpSink,
+    machine,
+    measure_in_rotation,
+    wrk,
+)
 
 MIB = 1024 * 1024
 PRODUCTION_APP = "app.main:app"
@@ -83,22 +92,16 @@ ROUND_TO_MIB = 64
 # the entries expire), each request from one of 10,000 client addresses per wrk thread
 # (198.18.0.0/15, believed from loopback via X-Forwarded-For): the limiter checks every
 # request against Redis and no client comes near the default quota.
-PRODUCTS_LUA = f"""
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("id", threads)
-end
-local counter = 0
+PRODUCTS_LUA = (
+    ADDRESS_LUA
+    + f"""
 request = function()
-  counter = counter + 1
-  local n = (id * 10000 + counter % 10000) % 131072
-  local high, low = 18 + math.floor(n / 65536), n % 65536
-  local address = "198." .. high .. "." .. math.floor(low / 256) .. "." .. (low % 256)
+  local address = next_address()
   local path = "/api/v1/products/" .. ((counter * 7 + id) % {PRODUCTS} + 1)
   return wrk.format("GET", path, {{["X-Forwarded-For"] = address}})
 end
 """
+)
 
 
 # --- interpreters ------------------------------------------------------------------------
@@ -562,24 +565,22 @@ def run_compare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     seconds=min(3, args.duration),
                     script=script,
                 )
-            names = list(servers)
-            for round_ in range(1, args.rounds + 1):
-                shift = (round_ - 1) % len(names)
-                for name in names[shift:] + names[:shift]:
-                    sample = measure_cpu(
-                        name,
-                        servers[name][2],
-                        round_,
-                        connections=args.connections,
-                        seconds=args.duration,
-                        script=script,
-                    )
-                    samples.append(sample)
-                    progress(
-                        f"round {round_}/{args.rounds} {name:<14} "
-                        f"{sample.requests_per_second:>7.0f} req/s  "
-                        f"{sample.cpu_us_per_request:.0f} µs CPU/request"
-                    )
+
+            def report(round_: int, sample: CpuSample) -> None:
+                progress(
+                    f"round {round_}/{args.rounds} {sample.server:<14} "
+                    f"{sample.requests_per_second:>7.0f} req/s  "
+                    f"{sample.cpu_us_per_request:.0f} µs CPU/request"
+                )
+
+            samples += measure_in_rotation(
+                {name: server for name, (_, _, server) in servers.items()},
+                rounds=args.rounds,
+                connections=args.connections,
+                seconds=args.duration,
+                script=script,
+                report=report,
+            )
             for name, (_, _, server) in servers.items():
                 after_load[name] = snapshot(server)
     versions: dict[str, Any] = {}

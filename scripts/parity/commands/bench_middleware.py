@@ -66,7 +66,7 @@ from parity.harness.wrk import (
     CpuSample,
     OtlpSink,
     machine,
-    measure_cpu,
+    measure_in_rotation,
     wrk,
 )
 
@@ -223,24 +223,22 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 server.base_url + TRIVIAL_PATH, connections=8, threads=2, seconds=warmup,
                 script=script,
             )  # fmt: skip
-        for round_ in range(1, args.rounds + 1):
-            names = list(started)
-            shift = (round_ - 1) % len(names)  # each server takes each position in turn
-            for name in names[shift:] + names[:shift]:
-                sample = measure_cpu(
-                    name,
-                    started[name],
-                    round_,
-                    connections=args.connections,
-                    seconds=args.duration,
-                    script=script,
-                )
-                samples.append(sample)
-                progress(
-                    f"round {round_}/{args.rounds} {name:<4} {sample.requests_per_second:>8.0f} "
-                    f"req/s  p50 {sample.p50_ms:.2f} ms  p99 {sample.p99_ms:.2f} ms  "
-                    f"{sample.cpu_us_per_request:.0f} µs CPU/request"
-                )
+
+        def report(round_: int, sample: CpuSample) -> None:
+            progress(
+                f"round {round_}/{args.rounds} {sample.server:<4} "
+                f"{sample.requests_per_second:>8.0f} req/s  p50 {sample.p50_ms:.2f} ms  "
+                f"p99 {sample.p99_ms:.2f} ms  {sample.cpu_us_per_request:.0f} µs CPU/request"
+            )
+
+        samples += measure_in_rotation(
+            started,
+            rounds=args.rounds,
+            connections=args.connections,
+            seconds=args.duration,
+            script=script,
+            report=report,
+        )
         if args.profile:
             for name in ("full", "bare"):
                 progress(f"profiling {name} for {args.profile}s with py-spy")

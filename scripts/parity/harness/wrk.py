@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,22 +39,32 @@ end
 # Each request comes from one of 10,000 client addresses per wrk thread (198.18.0.0/15,
 # no real client; X-Forwarded-For, believed from loopback): the rate limiter checks
 # every request against Redis, and no client comes near the default quota. (A made-up
-# API key is no identity: only issued keys are.)
-IDENTITY_LUA = """
+# API key is no identity: only issued keys are.) A script adds its own `request`
+# calling next_address(), which counts the thread's requests in `counter`.
+ADDRESS_LUA = """
 local threads = 0
 function setup(thread)
   threads = threads + 1
   thread:set("id", threads)
 end
 local counter = 0
-request = function()
+function next_address()
   counter = counter + 1
   local n = (id * 10000 + counter % 10000) % 131072
   local high, low = 18 + math.floor(n / 65536), n % 65536
-  local address = "198." .. high .. "." .. math.floor(low / 256) .. "." .. (low % 256)
-  return wrk.format(nil, nil, {["X-Forwarded-For"] = address})
+  return "198." .. high .. "." .. math.floor(low / 256) .. "." .. (low % 256)
 end
 """
+
+# The same request (the URL given to wrk), each from a client of its own.
+IDENTITY_LUA = (
+    ADDRESS_LUA
+    + """
+request = function()
+  return wrk.format(nil, nil, {["X-Forwarded-For"] = next_address()})
+end
+"""
+)
 
 
 # Shared by every route: thread ids, a fresh client address per request, and a JSON report
@@ -184,6 +195,30 @@ def measure_cpu(name: str, server: GunicornProcess, round_: int, *, connections:
         raw["non_2xx"],
         raw["socket_errors"],
     )
+
+
+def measure_in_rotation(
+    servers: Mapping[str, GunicornProcess],
+    *,
+    rounds: int,
+    connections: int,
+    seconds: int,
+    script: Path,
+    report: Callable[[int, CpuSample], None],
+) -> list[CpuSample]:
+    """`rounds` rounds of measure_cpu on every server, each server taking each position
+    in turn (first in one round, last in another), so that a drift of a shared machine's
+    speed spreads over all of them; `report(round, sample)` after each measurement."""
+    samples = []
+    names = list(servers)
+    for round_ in range(1, rounds + 1):
+        shift = (round_ - 1) % len(names)
+        for name in names[shift:] + names[:shift]:
+            sample = measure_cpu(name, servers[name], round_, connections=connections,
+                                 seconds=seconds, script=script)  # fmt: skip
+            samples.append(sample)
+            report(round_, sample)
+    return samples
 
 
 class OtlpSink:
