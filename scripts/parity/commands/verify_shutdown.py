@@ -27,36 +27,31 @@ import argparse
 import asyncio
 import errno
 import json
-import os
 import random
 import signal
-import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
 from parity.harness.report import figure
 from parity.harness.report import progress as log
 from parity.harness.stack import (
-    ComposeStack,
-    GunicornProcess,
-    NativeStack,
     StackError,
-    child_pids,
-    delete_redis_prefix,
-    iter_json_lines,
-    scratch_database,
 )
-from parity.harness.target import add_target_options, target_choice
+from parity.harness.target import (
+    NativeTarget,
+    Target,
+    add_target_options,
+    open_target,
+    target_choice,
+)
 
 PHASES = ("signal", "delay", "stop_accepting", "drain", "lifespan_shutdown", "exit")
 SLOW_PATH = "/api/v1/demo/slow"
@@ -244,159 +239,6 @@ class Load:
                 attempt.error = f"{response.status_code} {response.text[:200]}"
         attempt.ended = self.now()
         return attempt
-
-
-# --- targets ----------------------------------------------------------------------------
-
-
-class Target(Protocol):
-    base_url: str
-    description: str
-
-    def send_signal(self, sig: signal.Signals) -> None: ...
-    def running(self) -> bool: ...
-    def exit_code(self) -> int | None: ...
-    def log_records(self) -> list[dict[str, Any]] | None: ...
-    def worker_pids(self) -> set[int]: ...
-    def close(self) -> None: ...
-
-
-class NativeTarget:
-    """A Gunicorn master started here via parity stack, with the project's config."""
-
-    def __init__(self, workers: int, env: dict[str, str], products: int) -> None:
-        # The rate limiter (100 requests/min per client by default) would answer most of
-        # the load with 429s: this run measures shutdown, not admission control.
-        # A database and Redis prefix of this run's own, removed by close().
-        self.cleanup = ExitStack()
-        prefix = f"parity-shutdown-{uuid.uuid4().hex[:12]}:"
-        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-        self.cleanup.callback(delete_redis_prefix, redis_url, prefix)
-        log(f"native: a database of its own, starting Gunicorn with {workers} workers")
-        try:
-            url = self.cleanup.enter_context(scratch_database("shutdown", products))
-            stack = NativeStack(
-                database_url=url,
-                env={
-                    "DEMO_ENDPOINTS_ENABLED": "true",
-                    "RATE_LIMIT_ENABLED": "false",
-                    "REDIS_KEY_PREFIX": prefix,
-                    **env,
-                },
-            )
-            self.server: GunicornProcess = stack.start_gunicorn(workers=workers)
-        except BaseException:
-            self.cleanup.close()
-            raise
-        self.base_url = self.server.base_url
-        self.description = f"native Gunicorn pid {self.server.pid} on {self.base_url}"
-
-    def send_signal(self, sig: signal.Signals) -> None:
-        self.server.send_signal(sig)
-
-    def running(self) -> bool:
-        return self.server.process.poll() is None
-
-    def exit_code(self) -> int | None:
-        return self.server.process.poll()
-
-    def log_records(self) -> list[dict[str, Any]] | None:
-        return self.server.log_records()
-
-    def worker_pids(self) -> set[int]:
-        return set(self.server.worker_pids())
-
-    def close(self) -> None:
-        """Stop Gunicorn, drop the database and the Redis keys; the log is removed (its
-        records stay readable) unless keep_log() writes it back for a failed run."""
-        self.server.stop(timeout=60)
-        self.cleanup.close()
-
-    def keep_log(self) -> None:
-        self.server.log_path.write_text(self.server.log_text())
-        log(f"native: Gunicorn log kept at {self.server.log_path}")
-
-
-class PidTarget:
-    """A master someone else started: signalled by pid, logs from a file if given."""
-
-    def __init__(self, pid: int, base_url: str, log_file: Path | None) -> None:
-        self.pid, self.base_url, self.log_file = pid, base_url, log_file
-        self.description = f"Gunicorn master pid {pid} at {base_url}"
-        if not Path(f"/proc/{pid}").exists():
-            raise StackError(f"no process with pid {pid}")
-
-    def send_signal(self, sig: signal.Signals) -> None:
-        os.kill(self.pid, sig)
-
-    def running(self) -> bool:
-        """Alive, and not a zombie: a master that exited stays in /proc until its
-        parent (a shell, a supervisor, a test) reaps it."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat.rpartition(")")[2].split()[0] != "Z"
-
-    def exit_code(self) -> int | None:
-        return None  # not our child: its exit status is not ours to read
-
-    def log_records(self) -> list[dict[str, Any]] | None:
-        if self.log_file is None:
-            return None
-        return list(iter_json_lines(self.log_file.read_text(errors="replace")))
-
-    def worker_pids(self) -> set[int]:
-        return set(child_pids(self.pid))
-
-    def close(self) -> None:
-        pass
-
-
-class ComposeTarget:
-    """The `api` service of a running `docker compose up`. TERM goes the way a deploy
-    sends it, `docker compose stop` (SIGTERM, then SIGKILL after stop_grace_period): a
-    bare `kill -s TERM` would have the restart policy start the container again at
-    once. HUP is `docker compose kill -s HUP`."""
-
-    def __init__(self, base_url: str) -> None:
-        self.stack = ComposeStack(base_url=base_url)
-        self.base_url = base_url
-        self.description = f"docker compose service {self.stack.service!r} at {base_url}"
-        self._stopping: subprocess.Popen[bytes] | None = None
-        # `docker compose stop/kill api` signals every replica at once: this proves what
-        # one replica does. The replicated path, through the load balancer, is
-        # `make rollout`'s (docs/shutdown.md).
-        replicas = self.stack.container_count()
-        if replicas != 1:
-            raise StackError(
-                f"--compose signals the whole `{self.stack.service}` service, which has "
-                f"{replicas} containers: run it with one (API_REPLICAS=1 docker compose up "
-                "-d api), or use `make rollout` for several behind the load balancer"
-            )
-
-    def send_signal(self, sig: signal.Signals) -> None:
-        if sig == signal.SIGTERM:
-            self._stopping = self.stack.stop_in_background(self.stack.service)
-        else:
-            self.stack.send_signal(sig)
-
-    def running(self) -> bool:
-        return self.stack.service_state()[0] == "running"
-
-    def exit_code(self) -> int | None:
-        state, code = self.stack.service_state()
-        return code if state == "exited" else None
-
-    def log_records(self) -> list[dict[str, Any]] | None:
-        return list(iter_json_lines(self.stack.logs()))
-
-    def worker_pids(self) -> set[int]:
-        return set(self.stack.worker_pids())
-
-    def close(self) -> None:
-        if self._stopping is not None:
-            self._stopping.wait(timeout=120)
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -783,12 +625,11 @@ def native_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def make_target(args: argparse.Namespace) -> Target:
-    choice = args.target
-    if choice.kind == "native":
-        return NativeTarget(args.workers, native_env(args), products=100)
-    if choice.kind == "compose":
-        return ComposeTarget(choice.url)
-    return PidTarget(choice.pid, choice.url, args.log_file)
+    # The rate limiter (100 requests/min per client by default) would answer most of the
+    # load with 429s: this run measures shutdown, not admission control.
+    env = {"DEMO_ENDPOINTS_ENABLED": "true", "RATE_LIMIT_ENABLED": "false", **native_env(args)}
+    return open_target(args.target, label="shutdown", workers=args.workers, env=env,
+                       products=100, log_file=args.log_file)  # fmt: skip
 
 
 def check_target(base_url: str, fast_path: str) -> None:

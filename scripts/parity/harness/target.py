@@ -15,11 +15,28 @@ a message naming it (exit 2, as argparse does), never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
+import uuid
 from collections.abc import Collection, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
-from parity.harness.stack import compose_api_url
+from parity.harness.report import progress
+from parity.harness.stack import (
+    ComposeStack,
+    GunicornProcess,
+    NativeStack,
+    StackError,
+    child_pids,
+    compose_api_url,
+    delete_redis_prefix,
+    iter_json_lines,
+    scratch_database,
+)
 
 Kind = Literal["native", "compose", "url", "pid"]
 ALL_FLAGS: tuple[Kind, ...] = ("native", "compose", "pid")
@@ -99,3 +116,246 @@ def target_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if kind in ("compose", "pid"):
         url = url or compose_api_url()
     return TargetChoice(kind, url.rstrip("/") if url else None, getattr(args, "pid", None))
+
+
+# --- the targets ---------------------------------------------------------------------
+
+
+class Target(Protocol):
+    """The API under test, wherever it runs: what a command may do to it. A capability
+    a kind lacks raises StackError naming it (e.g. signalling an API known by URL)."""
+
+    base_url: str
+    description: str
+
+    def send_signal(self, sig: signal.Signals) -> None: ...
+    def running(self) -> bool: ...
+    def exit_code(self) -> int | None: ...
+    def log_records(self) -> list[dict[str, Any]] | None: ...
+    def worker_pids(self) -> set[int]: ...
+    def metrics_url(self) -> str | None: ...
+    def stop_dependency(self, name: str) -> None: ...
+    def start_dependency(self, name: str) -> None: ...
+    def close(self) -> None: ...
+
+
+SHARED_SERVERS = (
+    "natively the API uses this machine's shared Postgres and Redis, which are never "
+    "stopped: `parity chaos --native` starts throwaway ones of its own"
+)
+
+
+class NativeTarget:
+    """A Gunicorn master started here via parity stack, with the project's config, on a
+    database and Redis prefix of the run's own (`label` names them), removed by close()."""
+
+    def __init__(self, label: str, workers: int, env: Mapping[str, str], products: int) -> None:
+        self.cleanup = ExitStack()
+        prefix = f"parity-{label}-{uuid.uuid4().hex[:12]}:"
+        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.cleanup.callback(delete_redis_prefix, redis_url, prefix)
+        progress(f"native: a database of its own, starting Gunicorn with {workers} workers")
+        try:
+            url = self.cleanup.enter_context(scratch_database(label, products))
+            stack = NativeStack(database_url=url, env={"REDIS_KEY_PREFIX": prefix, **env})
+            self.server: GunicornProcess = stack.start_gunicorn(workers=workers)
+        except BaseException:
+            self.cleanup.close()
+            raise
+        self.base_url = self.server.base_url
+        self.description = f"native Gunicorn pid {self.server.pid} on {self.base_url}"
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        self.server.send_signal(sig)
+
+    def running(self) -> bool:
+        return self.server.process.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.server.process.poll()
+
+    def log_records(self) -> list[dict[str, Any]] | None:
+        return self.server.log_records()
+
+    def worker_pids(self) -> set[int]:
+        return set(self.server.worker_pids())
+
+    def metrics_url(self) -> str | None:
+        return self.server.base_url + "/metrics"
+
+    def stop_dependency(self, name: str) -> None:
+        raise StackError(f"cannot stop {name}: {SHARED_SERVERS}")
+
+    def start_dependency(self, name: str) -> None:
+        raise StackError(f"cannot start {name}: {SHARED_SERVERS}")
+
+    def close(self) -> None:
+        """Stop Gunicorn, drop the database and the Redis keys; the log is removed (its
+        records stay readable) unless keep_log() writes it back for a failed run."""
+        self.server.stop(timeout=60)
+        self.cleanup.close()
+
+    def keep_log(self) -> None:
+        self.server.log_path.write_text(self.server.log_text())
+        progress(f"native: Gunicorn log kept at {self.server.log_path}")
+
+
+class PidTarget:
+    """A master someone else started: signalled by pid, logs from a file if given."""
+
+    def __init__(self, pid: int, base_url: str, log_file: Path | None) -> None:
+        self.pid, self.base_url, self.log_file = pid, base_url, log_file
+        self.description = f"Gunicorn master pid {pid} at {base_url}"
+        if not Path(f"/proc/{pid}").exists():
+            raise StackError(f"no process with pid {pid}")
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        os.kill(self.pid, sig)
+
+    def running(self) -> bool:
+        """Alive, and not a zombie: a master that exited stays in /proc until its
+        parent (a shell, a supervisor, a test) reaps it."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rpartition(")")[2].split()[0] != "Z"
+
+    def exit_code(self) -> int | None:
+        return None  # not our child: its exit status is not ours to read
+
+    def log_records(self) -> list[dict[str, Any]] | None:
+        if self.log_file is None:
+            return None
+        return list(iter_json_lines(self.log_file.read_text(errors="replace")))
+
+    def worker_pids(self) -> set[int]:
+        return set(child_pids(self.pid))
+
+    def metrics_url(self) -> str | None:
+        return self.base_url + "/metrics"
+
+    def stop_dependency(self, name: str) -> None:
+        raise StackError(f"cannot stop {name}: a master started elsewhere uses its own")
+
+    def start_dependency(self, name: str) -> None:
+        raise StackError(f"cannot start {name}: a master started elsewhere uses its own")
+
+    def close(self) -> None:
+        pass
+
+
+class ComposeTarget:
+    """The `api` service of a running `docker compose up`. TERM goes the way a deploy
+    sends it, `docker compose stop` (SIGTERM, then SIGKILL after stop_grace_period): a
+    bare `kill -s TERM` would have the restart policy start the container again at
+    once. HUP is `docker compose kill -s HUP`."""
+
+    def __init__(self, base_url: str) -> None:
+        self.stack = ComposeStack(base_url=base_url)
+        self.base_url = base_url
+        self.description = f"docker compose service {self.stack.service!r} at {base_url}"
+        self._stopping: subprocess.Popen[bytes] | None = None
+        # `docker compose stop/kill api` signals every replica at once: this proves what
+        # one replica does. The replicated path, through the load balancer, is
+        # `make rollout`'s (docs/shutdown.md).
+        replicas = self.stack.container_count()
+        if replicas != 1:
+            raise StackError(
+                f"--compose signals the whole `{self.stack.service}` service, which has "
+                f"{replicas} containers: run it with one (API_REPLICAS=1 docker compose up "
+                "-d api), or use `make rollout` for several behind the load balancer"
+            )
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGTERM:
+            self._stopping = self.stack.stop_in_background(self.stack.service)
+        else:
+            self.stack.send_signal(sig)
+
+    def running(self) -> bool:
+        return self.stack.service_state()[0] == "running"
+
+    def exit_code(self) -> int | None:
+        state, code = self.stack.service_state()
+        return code if state == "exited" else None
+
+    def log_records(self) -> list[dict[str, Any]] | None:
+        return list(iter_json_lines(self.stack.logs()))
+
+    def worker_pids(self) -> set[int]:
+        return set(self.stack.worker_pids())
+
+    def metrics_url(self) -> str | None:
+        return None  # on each replica's internal listener, not published (Prometheus's)
+
+    def stop_dependency(self, name: str) -> None:
+        self.stack.stop_service(name)
+
+    def start_dependency(self, name: str) -> None:
+        self.stack.start_service(name)
+
+    def close(self) -> None:
+        if self._stopping is not None:
+            self._stopping.wait(timeout=120)
+
+
+class UrlTarget:
+    """An API someone else runs, known only by its address: load it, read its metrics;
+    nothing to signal, no log, no dependency to stop."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.description = f"the API at {base_url}"
+
+    def _cannot(self, what: str) -> StackError:
+        return StackError(f"cannot {what} an API known only by --url; use --pid or --native")
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        raise self._cannot(f"send {sig.name} to")
+
+    def running(self) -> bool:
+        raise self._cannot("watch the process of")
+
+    def exit_code(self) -> int | None:
+        return None
+
+    def log_records(self) -> list[dict[str, Any]] | None:
+        return None
+
+    def worker_pids(self) -> set[int]:
+        raise self._cannot("list the workers of")
+
+    def metrics_url(self) -> str | None:
+        return self.base_url + "/metrics"
+
+    def stop_dependency(self, name: str) -> None:
+        raise self._cannot(f"stop the {name} of")
+
+    def start_dependency(self, name: str) -> None:
+        raise self._cannot(f"start the {name} of")
+
+    def close(self) -> None:
+        pass
+
+
+def open_target(
+    choice: TargetChoice,
+    *,
+    label: str,
+    workers: int = 2,
+    env: Mapping[str, str] | None = None,
+    products: int = 100,
+    log_file: Path | None = None,
+) -> Target:
+    """The Target `choice` names; native: started now (`label`, `workers`, `env`,
+    `products`), the others attached to."""
+    if choice.kind == "native":
+        return NativeTarget(label, workers, env or {}, products)
+    assert choice.url is not None  # target_choice fills it for every other kind
+    if choice.kind == "compose":
+        return ComposeTarget(choice.url)
+    if choice.kind == "pid":
+        assert choice.pid is not None
+        return PidTarget(choice.pid, choice.url, log_file)
+    return UrlTarget(choice.url)
