@@ -205,13 +205,13 @@ def run_route(
 
 
 @dataclass
-class Target:
+class MeasuredApi:
     base_url: str
     database_url: str
 
 
 @contextmanager
-def target(args: argparse.Namespace) -> Iterator[Target]:
+def target(args: argparse.Namespace) -> Iterator[MeasuredApi]:
     """A database of its own, seeded, and Gunicorn serving it; all removed on exit."""
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"parity-bench-orders-{uuid.uuid4().hex[:12]}:"
@@ -228,7 +228,7 @@ def target(args: argparse.Namespace) -> Iterator[Target]:
             with NativeStack(database_url=url, env=env).start_gunicorn(
                 workers=args.workers
             ) as server:
-                yield Target(server.base_url, url)
+                yield MeasuredApi(server.base_url, url)
     finally:
         sink.close()
         delete_redis_prefix(redis_url, prefix)

@@ -151,18 +151,18 @@ def empty_product_cache(redis_url: str, prefix: str) -> None:
 
 
 @dataclass
-class Target:
+class MeasuredApi:
     base_url: str
     redis_url: str
     prefix: str | None  # the API's REDIS_KEY_PREFIX: None = cannot empty its cache
 
 
 @contextmanager
-def target(args: argparse.Namespace) -> Iterator[Target]:
+def target(args: argparse.Namespace) -> Iterator[MeasuredApi]:
     """--url: the API given; else one started here on a database of its own."""
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     if args.target.kind == "url":
-        yield Target(args.target.url, redis_url, args.redis_prefix)
+        yield MeasuredApi(args.target.url, redis_url, args.redis_prefix)
         return
     prefix = f"parity-bench-routes-{uuid.uuid4().hex[:12]}:"
     name = f"parity_bench_routes_{uuid.uuid4().hex[:8]}"
@@ -180,7 +180,7 @@ def target(args: argparse.Namespace) -> Iterator[Target]:
     try:
         progress(f"starting Gunicorn ({args.workers} workers)")
         with stack.start_gunicorn(workers=args.workers) as running:
-            yield Target(running.base_url, redis_url, prefix)
+            yield MeasuredApi(running.base_url, redis_url, prefix)
     finally:
         sink.close()
         drop_database(url)

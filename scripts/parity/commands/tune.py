@@ -109,8 +109,11 @@ class Samples:
         return 100 * used / self.elapsed if self.elapsed else 0.0
 
 
-class Target(Protocol):
-    """Where the API runs: natively (parity stack) or in compose."""
+class Sweepable(Protocol):
+    """Where the API runs (natively or in compose, chosen by harness/target.py's option
+    group) as the sweep needs it: restarted with each worker count, its processes and
+    its database connections watched. Not harness.target.Target, which attaches to one
+    running API: the sweep owns the API's whole life."""
 
     base_url: str
 
@@ -128,7 +131,7 @@ class Target(Protocol):
 # --- native: Gunicorn started by parity stack ---------------------------------------
 
 
-class NativeTarget:
+class NativeSweep:
     """A database, Redis prefix and `application_name` of this run's own, so several
     sweeps (or test sessions) on one machine never count each other's connections."""
 
@@ -221,7 +224,7 @@ QUOTAS_OUT_OF_REACH = {
 }
 
 
-class ComposeTarget:
+class ComposeSweep:
     """`docker compose up --force-recreate api` with GUNICORN_WORKERS set (compose.yaml
     interpolates it). Process figures need the engine on this host (its pids visible to
     psutil); database figures come from `psql` inside the database service."""
@@ -321,7 +324,7 @@ def top_pids(text: str) -> dict[int, int]:
 
 @contextmanager
 def sampling(
-    target: Target, interval: float, on_tick: Callable[[Samples], None]
+    target: Sweepable, interval: float, on_tick: Callable[[Samples], None]
 ) -> Iterator[Samples]:
     """Sample the server's processes and database connections in a thread while the
     block runs; `on_tick` gets the samples after each round (progress output)."""
@@ -347,7 +350,7 @@ def sampling(
         samples.elapsed = time.monotonic() - started
 
 
-def take_sample(target: Target, samples: Samples) -> None:
+def take_sample(target: Sweepable, samples: Samples) -> None:
     masters, workers = target.master_and_worker_pids()
     for pid in masters + workers:
         try:
@@ -377,7 +380,7 @@ def take_sample(target: Target, samples: Samples) -> None:
 @dataclass
 class Sweep:
     args: argparse.Namespace
-    target: Target
+    target: Sweepable
     out_dir: Path
     points: list[Point] = field(default_factory=list)
     interrupted: bool = False
@@ -803,14 +806,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def build_target(args: argparse.Namespace) -> Target:
+def build_sweep(args: argparse.Namespace) -> Sweepable:
     if args.target.kind == "compose":
-        return ComposeTarget(
+        return ComposeSweep(
             base_url=args.target.url,
             db_service=args.compose_db_service,
             db_user=args.compose_db_user,
         )
-    return NativeTarget(
+    return NativeSweep(
         database_url=os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
         products=args.products,
         env=dict(args.env),
@@ -891,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    target = build_target(args)
+    target = build_sweep(args)
     sweep = Sweep(args, target, out)
     log(f"sweeping {', '.join(map(str, args.workers))} workers against {target.describe()}")
     log(f"results go to {out}/; Ctrl-C stops and keeps what was measured")
