@@ -50,7 +50,7 @@ from typing import Any
 
 from parity.harness.bench_apps import TRIVIAL_PATH
 from parity.harness.benchdocs import machine_sentence, replace_section
-from parity.harness.options import positive_int
+from parity.harness.options import add_measurement_options
 from parity.harness.repo import REPO_ROOT
 from parity.harness.report import figure, markdown_table, progress, write_json
 from parity.harness.stack import (
@@ -450,13 +450,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="parity bench middleware", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--rounds", type=positive_int, default=5, help="rounds (default 5)")
-    parser.add_argument("--duration", type=positive_int, default=10,
-                        help="seconds per server per round (default 10)")  # fmt: skip
-    parser.add_argument("--workers", type=positive_int, default=2,
-                        help="Gunicorn workers per server (default 2)")  # fmt: skip
-    parser.add_argument("--connections", type=positive_int, default=64,
-                        help="wrk connections (default 64)")  # fmt: skip
+    add_measurement_options(parser, rounds=5, duration=10, workers=2, connections=64,
+                            duration_means="seconds per server per round")  # fmt: skip
     parser.add_argument(
         "--profile",
         type=int,

@@ -51,7 +51,7 @@ from sqlalchemy.engine import make_url
 
 from app.orders import service as service_sql
 from parity.harness.benchdocs import machine_sentence
-from parity.harness.options import positive_int
+from parity.harness.options import add_measurement_options, positive_int
 from parity.harness.repo import REPO_ROOT
 from parity.harness.report import figure, markdown_table, progress, write_json
 from parity.harness.stack import NativeStack, StackError, delete_redis_prefix, scratch_database
@@ -393,13 +393,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="parity bench orders", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds (default 3)")
-    parser.add_argument("--duration", type=positive_int, default=5,
-                        help="seconds per load, connections and round (default 5)")  # fmt: skip
+    add_measurement_options(parser, rounds=3, duration=5, workers=2,
+                            duration_means="seconds per load, connections and round")  # fmt: skip
     parser.add_argument("--connections", type=connection_counts, default=[1, 4, 16],
                         help="connection counts, comma-separated (default 1,4,16)")  # fmt: skip
-    parser.add_argument("--workers", type=positive_int, default=2,
-                        help="Gunicorn workers (default 2)")  # fmt: skip
     parser.add_argument("--products", type=positive_int, default=10_000,
                         help="products seeded (default 10000)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="directory for report.json, report.md and "

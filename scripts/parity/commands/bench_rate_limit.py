@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from parity.harness.benchdocs import DOCS, replace_section
-from parity.harness.options import positive_int
+from parity.harness.options import add_measurement_options
 from parity.harness.repo import REPO_ROOT
 from parity.harness.report import figure, markdown_table, progress
 from parity.harness.stack import (
@@ -287,10 +287,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--rounds", type=positive_int, default=5, help="rounds (5)")
-    parser.add_argument("--duration", type=positive_int, default=5, help="seconds per measure (5)")
-    parser.add_argument("--workers", type=positive_int, default=2, help="workers per server (2)")
-    parser.add_argument("--connections", type=positive_int, default=64, help="for throughput (64)")
+    add_measurement_options(parser, rounds=5, duration=5, workers=2, connections=64,
+                            duration_means="seconds per measure")  # fmt: skip
     parser.add_argument("--plot", type=Path, help="write a PNG chart here")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -49,7 +49,7 @@ from sqlalchemy.engine import make_url
 
 from app.catalog.schemas import encode_cursor
 from parity.harness.benchdocs import machine_sentence, replace_section
-from parity.harness.options import positive_int
+from parity.harness.options import add_measurement_options, positive_int
 from parity.harness.repo import REPO_ROOT
 from parity.harness.report import markdown_table, progress, write_json
 from parity.harness.stack import (
@@ -319,11 +319,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="parity bench routes", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds (default 3)")
-    parser.add_argument("--duration", type=positive_int, default=10,
-                        help="seconds per route, load and round (default 10)")  # fmt: skip
-    parser.add_argument("--workers", type=positive_int, default=2,
-                        help="Gunicorn workers (default 2)")  # fmt: skip
+    add_measurement_options(parser, rounds=3, duration=10, workers=2,
+                            duration_means="seconds per route, load and round")  # fmt: skip
     parser.add_argument(
         "--products",
         type=positive_int,

@@ -32,3 +32,29 @@ def bounded(kind: type, low: float, high: float) -> Callable[[str], Any]:
         return value
 
     return parse
+
+
+def add_measurement_options(
+    parser: argparse.ArgumentParser,
+    *,
+    rounds: int | None = None,
+    duration: int | None = None,
+    duration_means: str = "seconds per measurement",
+    workers: int | None = None,
+    connections: int | None = None,
+) -> None:
+    """The options every benchmark shares, each added when given its default: --rounds,
+    --duration (what a second of it measures: `duration_means`), --workers (Gunicorn
+    workers per server) and --connections (wrk's); a value below 1 is refused by name."""
+    if rounds is not None:
+        parser.add_argument("--rounds", type=positive_int, default=rounds,
+                            help=f"rounds (default {rounds})")  # fmt: skip
+    if duration is not None:
+        parser.add_argument("--duration", type=positive_int, default=duration,
+                            help=f"{duration_means} (default {duration})")  # fmt: skip
+    if workers is not None:
+        parser.add_argument("--workers", type=positive_int, default=workers,
+                            help=f"Gunicorn workers per server (default {workers})")  # fmt: skip
+    if connections is not None:
+        parser.add_argument("--connections", type=positive_int, default=connections,
+                            help=f"wrk connections (default {connections})")  # fmt: skip
