@@ -110,7 +110,9 @@ def target_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if kind is None:
         parser.error("say where the API runs: " + ", ".join(f"--{k}" for k in kinds))
     if url is not None and kind == "native":
-        parser.error("argument --url: not with --native (the API is started here)")
+        others = [f"--{k}" for k in ("compose", "pid") if k in kinds]
+        goes_with = f"; it goes with {' or '.join(others)}" if others else ""
+        parser.error(f"argument --url: not with --native (the API is started here){goes_with}")
     if kind == "url" and url is not None and not url.startswith(LOOPBACK_PREFIXES):
         parser.error(f"argument --url: {url!r} is not on this machine (loopback only)")
     if kind in ("compose", "pid"):
