@@ -1,4 +1,6 @@
-# The verbs people type. Each target is one line that calls a script or a tool.
+# The verbs people type. Each target is one line: `parity COMMAND` (scripts/parity/),
+# except the set-up that runs before the venv and its `parity` exist (venv, services,
+# tools, clean).
 # `make run` and `make test` do all set-up themselves on a fresh machine.
 
 PYTHON ?= python3
@@ -42,19 +44,19 @@ dev: venv services ## like make run, but one process that reloads when app/ chan
 	$(BIN)/parity stack dev
 
 test: venv services ## run the test suite against the real Postgres, Redis and Gunicorn
-	$(BIN)/pytest
+	$(BIN)/parity test
 
 verify-shutdown: venv services ## SIGTERM and SIGHUP under load: prove no request is lost
 	$(BIN)/parity verify shutdown --native --signal TERM --plot $(RESULTS)/shutdown-TERM.png $(VERIFY_SHUTDOWN_ARGS) && $(BIN)/parity verify shutdown --native --signal HUP --plot $(RESULTS)/shutdown-HUP.png $(VERIFY_SHUTDOWN_ARGS)
 
 lint: venv ## ruff (lint + format check) and mypy --strict on app/ and scripts/parity/
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+	$(BIN)/parity lint
 
 audit: venv ## pip-audit the pinned requirements (says so when it could not check)
 	$(BIN)/parity audit
 
 format: venv ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+	$(BIN)/parity lint --fix
 
 lock: venv ## re-export requirements*.txt (pinned, with hashes) from pyproject.toml with uv
 	$(BIN)/parity lock
@@ -77,23 +79,23 @@ images-offline: venv tools ## build the local stand-in images compose.offline.ya
 e2e: venv tools ## the compose stack end to end on the real engine (offline images); CI runs it
 	$(BIN)/parity e2e
 
-up: ## docker compose: build, start the whole stack, wait until every service is healthy
-	$(COMPOSE) up --detach --build --wait && $(COMPOSE) ps
+up: venv ## docker compose: build, start the whole stack, wait until every service is healthy
+	COMPOSE='$(COMPOSE)' $(BIN)/parity compose up
 
-up-offline: images-offline ## docker compose without a registry: load balancer, API replicas, Postgres, Redis, Prometheus
-	COMPOSE_FILE=compose.yaml:compose.offline.yaml $(COMPOSE) up --detach --build --wait && COMPOSE_FILE=compose.yaml:compose.offline.yaml $(COMPOSE) ps
+up-offline: venv tools ## docker compose without a registry (builds the stand-in images first): load balancer, API replicas, Postgres, Redis, Prometheus
+	COMPOSE='$(COMPOSE)' $(BIN)/parity compose up --offline
 
-down: ## docker compose: stop and remove the stack (data volumes are kept)
-	$(COMPOSE) down --remove-orphans
+down: venv ## docker compose: stop and remove the stack (data volumes are kept)
+	COMPOSE='$(COMPOSE)' $(BIN)/parity compose down
 
-logs: ## docker compose: follow the logs of every service
-	$(COMPOSE) logs --follow --tail=100
+logs: venv ## docker compose: follow the logs of every service
+	COMPOSE='$(COMPOSE)' $(BIN)/parity compose logs
 
 rollout: venv ## docker compose: replace every api replica one at a time under load; errors, p99, plot in results/rollout/ (ROLLOUT_ARGS=)
 	$(BIN)/parity rollout $(ROLLOUT_ARGS)
 
 loadtest: venv ## headless Locust against HOST (SCENARIO=, SHAPE=, LOCUST_ARGS=); CSV + HTML in results/
-	mkdir -p $(LOADTEST_DIR) && $(BIN)/locust --config loadtest/locust.conf --headless --host $(HOST) --tags $(SCENARIO) --shape $(SHAPE) --csv $(LOADTEST_DIR)/locust --html $(LOADTEST_DIR)/report.html $(LOCUST_ARGS)
+	$(BIN)/parity loadtest --out $(LOADTEST_DIR) --host $(HOST) --scenario $(SCENARIO) --shape $(SHAPE) $(LOCUST_ARGS)
 
 tune: venv services ## measure the best Gunicorn worker count (parity tune --native; TUNE_ARGS=)
 	$(BIN)/parity tune --native $(TUNE_ARGS)

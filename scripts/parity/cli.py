@@ -27,6 +27,7 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("stack", "stack", "the native stack: prepare | up (Gunicorn on :8000) | dev (reload)"),
+    Command("compose", "compose", "the Docker stack: up [--offline] | down | logs | ps"),
     Command("images", "images", "build the offline stand-in images compose.offline.yaml runs"),
     Command("e2e", "e2e", "the compose stack end to end on the real engine (CI runs it)"),
     Command("rollout", "rollout", "replace every compose api replica under load; errors, p99"),
@@ -35,6 +36,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("verify dashboards", "verify_dashboards", "every dashboard and rule query has data"),
     Command("chaos", "chaos", "stop, hang and restart Postgres and Redis under load"),
     Command("tune", "tune", "sweep Gunicorn worker counts; table, plot, recommendation"),
+    Command("loadtest", "loadtest", "headless Locust: one scenario and shape; CSV + HTML"),
     Command("demo", "demo", "steady mixed load and the URLs of dashboards, metrics, a trace"),
     Command("bench middleware", "bench_middleware", "the middleware tax: full app vs bare"),
     Command("bench routes", "bench_routes", "realistic routes: rate and latency per route"),
@@ -46,6 +48,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("dashboards", "dashboards", "regenerate the Grafana dashboards (--check: stale?)"),
     Command("lock", "lock", "export requirements*.txt from pyproject.toml (--check in CI)"),
     Command("audit", "audit", "pip-audit the pinned requirements"),
+    Command("lint", "lint", "ruff and mypy --strict (--fix: apply ruff's fixes, format)"),
+    Command("test", "test", "the test suite (pytest; its arguments pass through)"),
 )
 
 
