@@ -35,7 +35,7 @@ from app.orders.routes import router as orders_router
 from app.ratelimit.autopipeline import AutoPipeline
 from app.ratelimit.middleware import RateLimitMiddleware, document_rate_limits
 from app.security import SecurityHeaders, cors_middleware
-from app.settings import Settings, load_settings
+from app.settings import Settings, load_settings, process_settings
 from app.telemetry import database as database_telemetry
 from app.telemetry.exposition import router as metrics_router
 from app.telemetry.metrics import APP_INFO
@@ -222,4 +222,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+# What `gunicorn app.main:app` and `uvicorn app.main:app` serve: built from this process's
+# settings, the ones a Gunicorn worker's server uses too (app/settings.py).
+app = create_app(process_settings())

@@ -8,6 +8,7 @@ A bad value stops the process at start with one line per variable
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -590,3 +591,19 @@ def load_settings() -> Settings:
     except SecretsDirError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def process_settings() -> Settings:
+    """This process's settings, read once (`load_settings`) the first time it asks.
+
+    A Gunicorn worker asks after the fork, once Gunicorn has applied `raw_env`: its
+    server (app/worker.py) and its app (app/main.py) then share one Settings. Keyed by
+    the process id, so a forked child never inherits its parent's copy: the master reads
+    them afresh at every configuration load instead (gunicorn.conf.py, again on SIGHUP,
+    which is how new workers see rotated secret files)."""
+    return _settings_of_process(os.getpid())
+
+
+@functools.cache
+def _settings_of_process(pid: int) -> Settings:
+    return load_settings()

@@ -14,7 +14,7 @@ from uvicorn_worker import UvicornWorker as _UvicornWorker
 
 from app.http_protocol import HardenedHttpToolsProtocol
 from app.proxy_trust import ForwardedHeadersMiddleware
-from app.settings import Settings, load_settings
+from app.settings import Settings, process_settings
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
@@ -98,15 +98,19 @@ class UvicornWorker(_UvicornWorker):  # type: ignore[misc]  # untyped base
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The base class builds Uvicorn's Config from the class-level CONFIG_KWARGS,
-        # which cannot depend on settings; Config is loaded only later, in the worker.
-        # Runs in the master just before the fork, with the master's environment.
-        self.settings = load_settings()
+        # Ours instead of Uvicorn's: it parses X-Forwarded-For (app/proxy_trust.py).
+        self.config.proxy_headers = False
+
+    def load_wsgi(self) -> None:
+        # In the worker, after the fork and after Gunicorn applied `raw_env`: the one
+        # Settings of this process, which app.main builds the app from as well. The
+        # base class built Uvicorn's Config from the class-level CONFIG_KWARGS, which
+        # cannot depend on settings; Uvicorn loads that Config only when it serves.
+        self.settings = process_settings()
         options = limit_options(self.settings, self.cfg.worker_connections)
         for name, value in options.items():
             setattr(self.config, name, value)
-        # Ours instead of Uvicorn's: it parses X-Forwarded-For (app/proxy_trust.py).
-        self.config.proxy_headers = False
+        super().load_wsgi()
 
     async def _serve(self) -> None:
         # uvicorn-worker's `_serve`, with our server class in place of Uvicorn's.

@@ -225,3 +225,24 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
         for name in names:
             documented.add(name if not name.startswith("_") else names[0] + name)
     assert sorted(set(Settings.model_fields) - documented) == []
+
+
+def test_a_process_reads_its_settings_once_and_a_forked_child_reads_its_own() -> None:
+    """A Gunicorn worker's server and app share one Settings, read after the fork; the
+    child never inherits the parent's (the master re-reads them on SIGHUP)."""
+    program = """
+import os
+from app.settings import process_settings
+os.environ["SERVICE_NAME"] = "first"
+first = process_settings()
+os.environ["SERVICE_NAME"] = "second"
+print(process_settings() is first, first.SERVICE_NAME, flush=True)
+child = os.fork()
+if child == 0:
+    print("child", process_settings().SERVICE_NAME, flush=True)
+    os._exit(0)
+os.waitpid(child, 0)
+"""
+    result = run([sys.executable, "-c", program], timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["True first", "child second"]
