@@ -10,17 +10,22 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 import app.settings
 from app.settings import SECRET_FIELDS, SecretsDirError, Settings, load_settings
 from parity.harness.repo import REPO_ROOT
+from parity.harness.stack import GunicornProcess
 from tests.deploy_tools import compose_cli, run_tool
 from tests.helpers import run_gunicorn
 
@@ -229,6 +234,28 @@ def test_gunicorn_reads_the_database_url_from_a_file(tmp_path: Path) -> None:
 
 
 # --- compose: the documented override (docs/docker.md#secrets-as-files) --------------
+
+
+def test_after_sighup_new_workers_read_a_rotated_file(
+    tmp_path: Path, gunicorn: Callable[..., GunicornProcess]
+) -> None:
+    """1. a file sets RATE_LIMIT_DEFAULT=100/60s  2. it is rewritten to 50/60s
+    3. SIGHUP -> the new workers read it (each worker reads its settings once, after the
+    fork); the old ones drained and the master kept running."""
+    directory = secrets_dir(tmp_path, RATE_LIMIT_DEFAULT="100/60s")
+    server = gunicorn(workers=1, env={"SECRETS_DIR": str(directory), "RATE_LIMIT_ENABLED": "true"})
+    path = "/api/v1/products?limit=1"
+    assert httpx.get(server.base_url + path).headers["ratelimit-policy"] == '"default";q=100;w=60'
+    old_workers = set(server.worker_pids())
+    (directory / "RATE_LIMIT_DEFAULT").write_text("50/60s\n")
+    server.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while set(server.worker_pids()) & old_workers or not server.worker_pids():
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.1)
+    server.wait_ready(30)
+    assert httpx.get(server.base_url + path).headers["ratelimit-policy"] == '"default";q=50;w=60'
+    assert server.process.poll() is None
 
 
 def documented_override() -> str:
