@@ -70,10 +70,10 @@ from parity.harness.wrk import (
     ADDRESS_LUA,
     IDENTITY_LUA,
     WRK_REPORT,
-    CpuSample,
     OtlpSink,
     machine,
     measure_in_rotation,
+    round_progress,
     wrk,
 )
 
@@ -566,20 +566,13 @@ def run_compare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     script=script,
                 )
 
-            def report(round_: int, sample: CpuSample) -> None:
-                progress(
-                    f"round {round_}/{args.rounds} {sample.server:<14} "
-                    f"{sample.requests_per_second:>7.0f} req/s  "
-                    f"{sample.cpu_us_per_request:.0f} µs CPU/request"
-                )
-
             samples += measure_in_rotation(
                 {name: server for name, (_, _, server) in servers.items()},
                 rounds=args.rounds,
                 connections=args.connections,
                 seconds=args.duration,
                 script=script,
-                report=report,
+                report=round_progress(args.rounds, name_width=14, rate_width=7, percentiles=False),
             )
             for name, (_, _, server) in servers.items():
                 after_load[name] = snapshot(server)

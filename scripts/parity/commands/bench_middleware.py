@@ -67,6 +67,7 @@ from parity.harness.wrk import (
     OtlpSink,
     machine,
     measure_in_rotation,
+    round_progress,
     wrk,
 )
 
@@ -224,20 +225,13 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 script=script,
             )  # fmt: skip
 
-        def report(round_: int, sample: CpuSample) -> None:
-            progress(
-                f"round {round_}/{args.rounds} {sample.server:<4} "
-                f"{sample.requests_per_second:>8.0f} req/s  p50 {sample.p50_ms:.2f} ms  "
-                f"p99 {sample.p99_ms:.2f} ms  {sample.cpu_us_per_request:.0f} µs CPU/request"
-            )
-
         samples += measure_in_rotation(
             started,
             rounds=args.rounds,
             connections=args.connections,
             seconds=args.duration,
             script=script,
-            report=report,
+            report=round_progress(args.rounds, name_width=4, rate_width=8, percentiles=True),
         )
         if args.profile:
             for name in ("full", "bare"):

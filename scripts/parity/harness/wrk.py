@@ -21,6 +21,7 @@ from redis import Redis
 
 from parity.harness.bench_apps import TRIVIAL_PATH
 from parity.harness.benchdocs import cpu_model
+from parity.harness.report import progress
 from parity.harness.stack import GunicornProcess, StackError
 
 # wrk calls done() once at the end; one JSON line is easier to trust than its text.
@@ -219,6 +220,24 @@ def measure_in_rotation(
             samples.append(sample)
             report(round_, sample)
     return samples
+
+
+def round_progress(
+    rounds: int, *, name_width: int, rate_width: int, percentiles: bool
+) -> Callable[[int, CpuSample], None]:
+    """The `report` of measure_in_rotation that prints one progress line per measurement:
+    round, server (padded to `name_width`), rate (`rate_width`), p50/p99 if
+    `percentiles`, CPU per request. The widths let a command line up its own names."""
+
+    def report(round_: int, sample: CpuSample) -> None:
+        latency = f"p50 {sample.p50_ms:.2f} ms  p99 {sample.p99_ms:.2f} ms  " if percentiles else ""
+        progress(
+            f"round {round_}/{rounds} {sample.server:<{name_width}} "
+            f"{sample.requests_per_second:>{rate_width}.0f} req/s  {latency}"
+            f"{sample.cpu_us_per_request:.0f} µs CPU/request"
+        )
+
+    return report
 
 
 class OtlpSink:
