@@ -4,14 +4,22 @@ and the choice it parses. A combination that means nothing is refused by name.""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from collections.abc import Collection
 
+import httpx
 import pytest
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from parity.harness.stack import StackError, compose_api_url
 from parity.harness.target import (
+    ComposeTarget,
     Kind,
+    NativeTarget,
+    PidTarget,
     TargetChoice,
     UrlTarget,
     add_target_options,
@@ -87,3 +95,71 @@ def test_an_api_known_by_url_cannot_be_signalled() -> None:
     assert target.metrics_url() == "http://127.0.0.1:8000/metrics"
     with pytest.raises(StackError, match="cannot send SIGTERM to an API known only by --url"):
         target.send_signal(signal.SIGTERM)
+
+
+def test_an_api_known_by_url_has_no_dependency_to_hang() -> None:
+    target = UrlTarget("http://127.0.0.1:8000")
+    with pytest.raises(StackError, match="cannot pause the redis of an API known only by --url"):
+        target.pause_dependency("redis")
+    with pytest.raises(StackError, match="cannot resume the redis of an API known only by --url"):
+        target.resume_dependency("redis")
+
+
+def test_a_master_started_elsewhere_keeps_its_dependencies() -> None:
+    target = PidTarget(os.getpid(), "http://127.0.0.1:8000", None)
+    for action in (target.stop_dependency, target.pause_dependency, target.resume_dependency):
+        with pytest.raises(StackError, match="a master started elsewhere uses its own"):
+            action("redis")
+
+
+def test_compose_takes_any_number_of_replicas() -> None:
+    """Attaching asks the engine nothing: how many replicas a proof allows is the proof's
+    business (verify shutdown wants one; chaos runs on a replicated stack)."""
+    target = ComposeTarget("http://127.0.0.1:1")
+    assert target.base_url == "http://127.0.0.1:1"
+    target.close()  # nothing stopped or paused: nothing to restore
+
+
+@pytest.mark.gunicorn
+@pytest.mark.slow
+def test_a_native_target_on_shared_servers_never_stops_them() -> None:
+    target = NativeTarget("target-test", 1, {}, products=0)
+    try:
+        for action in (target.stop_dependency, target.pause_dependency):
+            with pytest.raises(StackError, match="shared Postgres and Redis, which are never"):
+                action("redis")
+    finally:
+        target.close()
+
+
+@pytest.mark.gunicorn
+@pytest.mark.slow
+def test_a_native_target_on_throwaway_servers_stops_hangs_and_restarts_redis() -> None:
+    """Its own Redis and Postgres: stopped, started, paused and resumed for real, with
+    the API answering throughout; Postgres is not hung natively; all gone after close()."""
+    target = NativeTarget("target-test", 1, {}, products=3, throwaway=True)
+    try:
+        redis_url = target.server.env["REDIS_URL"]
+        client = Redis.from_url(redis_url, socket_timeout=0.3)
+        target.stop_dependency("redis")
+        with pytest.raises(RedisConnectionError):
+            client.ping()
+        assert httpx.get(target.base_url + "/health", timeout=5).status_code == 200
+        target.start_dependency("redis")
+        assert client.ping()
+        target.pause_dependency("redis")
+        with pytest.raises(RedisTimeoutError):  # hung, not refused
+            client.ping()
+        target.resume_dependency("redis")
+        client.close()
+        client = Redis.from_url(redis_url, socket_timeout=1)  # no half-read answer pending
+        assert client.ping()
+        client.close()
+        with pytest.raises(StackError, match="cannot pause postgres: natively only Redis"):
+            target.pause_dependency("postgres")
+        with pytest.raises(StackError, match="the throwaway servers are postgres, redis"):
+            target.stop_dependency("mysql")
+    finally:
+        target.close()
+    with pytest.raises(RedisConnectionError):
+        Redis.from_url(redis_url, socket_timeout=0.3).ping()

@@ -24,8 +24,8 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,9 +33,14 @@ import httpx
 
 from parity.harness.load import Load, Phase, PhaseRun, Sample, cycle, default_requests, run_phases
 from parity.harness.report import figure
-from parity.harness.stack import ComposeStack, NativeStack, StackError, wait_until_answers
-from parity.harness.target import add_target_options, target_choice
-from parity.harness.throwaway import TemporaryPostgres, TemporaryRedis
+from parity.harness.stack import StackError, wait_until_answers
+from parity.harness.target import (
+    Target,
+    TargetChoice,
+    add_target_options,
+    open_target,
+    target_choice,
+)
 
 DB_ROUTES = ("list", "order")  # always need Postgres; "read" may be a cache hit
 REDIS_TIMEOUT_MS = 250  # REDIS_TIMEOUT_SECONDS' default, marked on the plot
@@ -173,98 +178,40 @@ def wait_ready(base_url: str, timeout: float = 60.0) -> None:
     wait_until_answers(base_url + READY_PATH, timeout=timeout)
 
 
-def outage_phases(
-    base_url: str,
-    stop_postgres: Callable[[], None],
-    start_postgres: Callable[[], None],
-    stop_redis: Callable[[], None],
-    start_redis: Callable[[], None],
-    hang_redis: tuple[Callable[[], None], Callable[[], None]] | None = None,
-) -> list[Outage]:
-    ready = lambda: wait_ready(base_url)  # noqa: E731
-    phases = [
+def outage_phases(target: Target) -> list[Outage]:
+    """The plan, on whatever the target's dependencies are: natively throwaway servers
+    (the hang is SIGSTOP/SIGCONT), in compose its services (the hang is `pause`: the
+    cgroup freezer, connections open and nothing answers)."""
+    ready = lambda: wait_ready(target.base_url)  # noqa: E731
+    return [
         Outage("baseline", lambda: None, no_errors, ready),
-        Outage("postgres down", stop_postgres, postgres_down),
-        Outage("postgres back", start_postgres, no_errors, ready),
-        Outage("redis down", stop_redis, served_despite_redis),
-        Outage("redis back", start_redis, no_errors),
+        Outage("postgres down", lambda: target.stop_dependency("postgres"), postgres_down),
+        Outage("postgres back", lambda: target.start_dependency("postgres"), no_errors, ready),
+        Outage("redis down", lambda: target.stop_dependency("redis"), served_despite_redis),
+        Outage("redis back", lambda: target.start_dependency("redis"), no_errors),
+        Outage("redis hung", lambda: target.pause_dependency("redis"), served_despite_redis),
+        Outage("redis resumed", lambda: target.resume_dependency("redis"), no_errors),
     ]
-    if hang_redis:
-        pause, resume = hang_redis
-        phases += [
-            Outage("redis hung", pause, served_despite_redis),
-            Outage("redis resumed", resume, no_errors),
-        ]
-    return phases
 
 
-@contextmanager
-def native_target(workers: int) -> Iterator[tuple[str, list[Outage]]]:
-    with TemporaryPostgres() as postgres, TemporaryRedis() as redis:
-        print(
-            f"[chaos] throwaway Postgres :{postgres.port}, Redis :{redis.port}",
-            file=sys.stderr,
-        )
-        stack = NativeStack(
-            database_url=postgres.database_url("app"),
-            env={
-                "REDIS_URL": redis.url,
-                "REDIS_KEY_PREFIX": "chaos:",
-                "LOG_LEVEL": "info",
-                # The limiter stays on (its Redis calls and fail-open are part of the
-                # run), with quotas one load generator cannot reach.
-                "RATE_LIMIT_DEFAULT": "1000000/60s",
-                "RATE_LIMIT_ROUTES": "writes=1000000/60s POST,PUT,PATCH,DELETE /api/",
-            },
-        )
-        stack.prepare(products=50)
-        with stack.start_gunicorn(workers=workers) as server:
-            print(f"[chaos] Gunicorn {server.base_url}, {workers} workers", file=sys.stderr)
-            yield (
-                server.base_url,
-                outage_phases(
-                    server.base_url,
-                    postgres.stop,
-                    postgres.start,
-                    redis.stop,
-                    redis.start,
-                    (redis.pause, redis.resume),
-                ),
-            )
+# The limiter stays on natively (its Redis calls and fail-open are part of the run),
+# with quotas one load generator cannot reach.
+NATIVE_ENV = {
+    "LOG_LEVEL": "info",
+    "RATE_LIMIT_DEFAULT": "1000000/60s",
+    "RATE_LIMIT_ROUTES": "writes=1000000/60s POST,PUT,PATCH,DELETE /api/",
+}
 
 
-@contextmanager
-def compose_target(base_url: str | None) -> Iterator[tuple[str, list[Outage]]]:
-    """The services of a running compose stack: stopped and started, and Redis paused
-    (the cgroup freezer: connections open, nothing answers) for the hang."""
-    compose = ComposeStack(base_url=base_url) if base_url else ComposeStack()
-    wait_ready(compose.base_url, timeout=10)
-    try:
-        yield (
-            compose.base_url,
-            outage_phases(
-                compose.base_url,
-                lambda: compose.stop_service("postgres"),
-                lambda: compose.start_service("postgres"),
-                lambda: compose.stop_service("redis"),
-                lambda: compose.start_service("redis"),
-                (
-                    lambda: compose.pause_service("redis"),
-                    lambda: compose.unpause_service("redis"),
-                ),
-            ),
-        )
-    finally:
-        # An interrupted run leaves no service stopped or frozen behind.
-        if _paused(compose, "redis"):
-            compose.unpause_service("redis")
-        for name in ("postgres", "redis"):
-            compose.compose("start", name, check=False)
-
-
-def _paused(compose: ComposeStack, name: str) -> bool:
-    result = compose.compose("ps", "--status", "paused", "--quiet", name, check=False)
-    return bool(result.stdout.strip())
+def open_chaos_target(choice: TargetChoice, workers: int) -> Target:
+    """Natively on throwaway Postgres and Redis of the run's own, which it may stop and
+    hang without harming anyone; in compose the running stack, whose stopped or paused
+    services its close() restores even after an interrupted run."""
+    target = open_target(
+        choice, label="chaos", workers=workers, env=NATIVE_ENV, products=50, throwaway=True
+    )
+    say(target.description)
+    return target
 
 
 def product_ids(base_url: str, count: int = 5) -> list[int]:
@@ -372,14 +319,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    choice = args.target
-    target = compose_target(choice.url) if choice.kind == "compose" else native_target(args.workers)
     try:
-        with target as (base_url, outages):
-            requests = default_requests(product_ids(base_url))
-            with Load(base_url, cycle(requests), concurrency=args.concurrency) as load:
+        with closing(open_chaos_target(args.target, args.workers)) as target:
+            wait_ready(target.base_url, timeout=10)
+            requests = default_requests(product_ids(target.base_url))
+            with Load(target.base_url, cycle(requests), concurrency=args.concurrency) as load:
                 t0 = time.monotonic()
-                reports = run_outages(load, outages, args.phase_seconds, t0)
+                reports = run_outages(load, outage_phases(target), args.phase_seconds, t0)
             samples = load.samples
     except (StackError, httpx.HTTPError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Where the API under test runs, chosen by one option group that every command shares.
 
     --native        start it here: Gunicorn with gunicorn.conf.py against the local
-                    Postgres and Redis (a database and Redis prefix of the run's own)
+                    Postgres and Redis (a database and Redis prefix of the run's own),
+                    or, for a command that stops them, throwaway servers of its own
     --compose       the running `docker compose up` stack
     --url URL       alone: an API already running at URL (loopback only: load goes
                     nowhere else); with --compose or --pid: where that API answers
@@ -37,6 +38,7 @@ from parity.harness.stack import (
     iter_json_lines,
     scratch_database,
 )
+from parity.harness.throwaway import TemporaryPostgres, TemporaryRedis
 
 Kind = Literal["native", "compose", "url", "pid"]
 ALL_FLAGS: tuple[Kind, ...] = ("native", "compose", "pid")
@@ -138,34 +140,75 @@ class Target(Protocol):
     def metrics_url(self) -> str | None: ...
     def stop_dependency(self, name: str) -> None: ...
     def start_dependency(self, name: str) -> None: ...
+    def pause_dependency(self, name: str) -> None: ...  # hung: connections open, no answer
+    def resume_dependency(self, name: str) -> None: ...
     def close(self) -> None: ...
 
 
 SHARED_SERVERS = (
     "natively the API uses this machine's shared Postgres and Redis, which are never "
-    "stopped: `parity chaos --native` starts throwaway ones of its own"
+    "stopped (throwaway=True gives a native target servers of its own, as `parity chaos "
+    "--native` runs)"
 )
 
 
 class NativeTarget:
     """A Gunicorn master started here via parity stack, with the project's config, on a
-    database and Redis prefix of the run's own (`label` names them), removed by close()."""
+    database and Redis prefix of the run's own (`label` names them), removed by close().
 
-    def __init__(self, label: str, workers: int, env: Mapping[str, str], products: int) -> None:
+    With `throwaway`, Postgres and Redis are servers of its own too (parity.harness.
+    throwaway, on free ports, removed by close()): the only kind of native target whose
+    dependencies may be stopped, started, paused and resumed, since the shared servers
+    on 5432/6379 serve `make run`, the tests and whatever else runs on this machine."""
+
+    def __init__(
+        self,
+        label: str,
+        workers: int,
+        env: Mapping[str, str],
+        products: int,
+        *,
+        throwaway: bool = False,
+    ) -> None:
         self.cleanup = ExitStack()
-        prefix = f"parity-{label}-{uuid.uuid4().hex[:12]}:"
-        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-        self.cleanup.callback(delete_redis_prefix, redis_url, prefix)
-        progress(f"native: a database of its own, starting Gunicorn with {workers} workers")
+        self.servers: dict[str, TemporaryPostgres | TemporaryRedis] = {}
         try:
-            url = self.cleanup.enter_context(scratch_database(label, products))
-            stack = NativeStack(database_url=url, env={"REDIS_KEY_PREFIX": prefix, **env})
+            starting = f"starting Gunicorn with {workers} workers"
+            if throwaway:
+                database_url, redis_env = self._on_throwaway_servers(label, products, starting)
+            else:
+                database_url, redis_env = self._on_shared_servers(label, products, starting)
+            stack = NativeStack(database_url=database_url, env={**redis_env, **env})
             self.server: GunicornProcess = stack.start_gunicorn(workers=workers)
         except BaseException:
             self.cleanup.close()
             raise
         self.base_url = self.server.base_url
         self.description = f"native Gunicorn pid {self.server.pid} on {self.base_url}"
+
+    def _on_shared_servers(
+        self, label: str, products: int, starting: str
+    ) -> tuple[str, dict[str, str]]:
+        """A database and a Redis prefix of the run's own on this machine's servers."""
+        prefix = f"parity-{label}-{uuid.uuid4().hex[:12]}:"
+        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.cleanup.callback(delete_redis_prefix, redis_url, prefix)
+        progress(f"native: a database of its own, {starting}")
+        database_url = self.cleanup.enter_context(scratch_database(label, products))
+        return database_url, {"REDIS_KEY_PREFIX": prefix}
+
+    def _on_throwaway_servers(
+        self, label: str, products: int, starting: str
+    ) -> tuple[str, dict[str, str]]:
+        """Postgres and Redis of its own, dropped whole by close(): no prefix to delete,
+        which a stopped Redis could not do anyway."""
+        postgres = self.cleanup.enter_context(TemporaryPostgres())
+        redis = self.cleanup.enter_context(TemporaryRedis())
+        self.servers = {"postgres": postgres, "redis": redis}
+        progress(f"native: throwaway Postgres :{postgres.port}, Redis :{redis.port}, {starting}")
+        database_url = postgres.database_url("app")
+        self.cleanup.enter_context(scratch_database(label, products, database_url))
+        return database_url, {"REDIS_URL": redis.url, "REDIS_KEY_PREFIX": f"{label}:"}
 
     def send_signal(self, sig: signal.Signals) -> None:
         self.server.send_signal(sig)
@@ -185,15 +228,35 @@ class NativeTarget:
     def metrics_url(self) -> str | None:
         return self.server.base_url + "/metrics"
 
+    def _own(self, name: str, action: str) -> TemporaryPostgres | TemporaryRedis:
+        if not self.servers:
+            raise StackError(f"cannot {action} {name}: {SHARED_SERVERS}")
+        if name not in self.servers:
+            raise StackError(f"cannot {action} {name}: the throwaway servers are postgres, redis")
+        return self.servers[name]
+
+    def _own_redis(self, name: str, action: str) -> TemporaryRedis:
+        server = self._own(name, action)
+        if not isinstance(server, TemporaryRedis):
+            raise StackError(f"cannot {action} {name}: natively only Redis is hung (SIGSTOP)")
+        return server
+
     def stop_dependency(self, name: str) -> None:
-        raise StackError(f"cannot stop {name}: {SHARED_SERVERS}")
+        self._own(name, "stop").stop()
 
     def start_dependency(self, name: str) -> None:
-        raise StackError(f"cannot start {name}: {SHARED_SERVERS}")
+        self._own(name, "start").start()
+
+    def pause_dependency(self, name: str) -> None:
+        self._own_redis(name, "pause").pause()
+
+    def resume_dependency(self, name: str) -> None:
+        self._own_redis(name, "resume").resume()
 
     def close(self) -> None:
-        """Stop Gunicorn, drop the database and the Redis keys; the log is removed (its
-        records stay readable) unless keep_log() writes it back for a failed run."""
+        """Stop Gunicorn, drop the database and the Redis keys (or the throwaway servers,
+        a paused Redis resumed to be stopped); the log is removed (its records stay
+        readable) unless keep_log() writes it back for a failed run."""
         self.server.stop(timeout=60)
         self.cleanup.close()
 
@@ -243,31 +306,30 @@ class PidTarget:
     def start_dependency(self, name: str) -> None:
         raise StackError(f"cannot start {name}: a master started elsewhere uses its own")
 
+    def pause_dependency(self, name: str) -> None:
+        raise StackError(f"cannot pause {name}: a master started elsewhere uses its own")
+
+    def resume_dependency(self, name: str) -> None:
+        raise StackError(f"cannot resume {name}: a master started elsewhere uses its own")
+
     def close(self) -> None:
         pass
 
 
 class ComposeTarget:
-    """The `api` service of a running `docker compose up`. TERM goes the way a deploy
+    """The `api` service of a running `docker compose up`, however many replicas it has
+    (a command that signals it and needs one says so itself). TERM goes the way a deploy
     sends it, `docker compose stop` (SIGTERM, then SIGKILL after stop_grace_period): a
     bare `kill -s TERM` would have the restart policy start the container again at
-    once. HUP is `docker compose kill -s HUP`."""
+    once. HUP is `docker compose kill -s HUP`. A dependency it stopped or paused is
+    running again after close(), even when the run was interrupted in between."""
 
     def __init__(self, base_url: str) -> None:
         self.stack = ComposeStack(base_url=base_url)
         self.base_url = base_url
         self.description = f"docker compose service {self.stack.service!r} at {base_url}"
         self._stopping: subprocess.Popen[bytes] | None = None
-        # `docker compose stop/kill api` signals every replica at once: this proves what
-        # one replica does. The replicated path, through the load balancer, is
-        # `make rollout`'s (docs/shutdown.md).
-        replicas = self.stack.container_count()
-        if replicas != 1:
-            raise StackError(
-                f"--compose signals the whole `{self.stack.service}` service, which has "
-                f"{replicas} containers: run it with one (API_REPLICAS=1 docker compose up "
-                "-d api), or use `make rollout` for several behind the load balancer"
-            )
+        self._disturbed: set[str] = set()  # services stopped or paused, restored by close()
 
     def send_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGTERM:
@@ -292,14 +354,36 @@ class ComposeTarget:
         return None  # on each replica's internal listener, not published (Prometheus's)
 
     def stop_dependency(self, name: str) -> None:
+        self._disturbed.add(name)  # before: an interrupted `docker compose stop` may stop it
         self.stack.stop_service(name)
 
     def start_dependency(self, name: str) -> None:
         self.stack.start_service(name)
 
+    def pause_dependency(self, name: str) -> None:
+        """The cgroup freezer: its port still accepts connections, nothing answers."""
+        self._disturbed.add(name)
+        self.stack.pause_service(name)
+
+    def resume_dependency(self, name: str) -> None:
+        self.stack.unpause_service(name)
+
     def close(self) -> None:
         if self._stopping is not None:
             self._stopping.wait(timeout=120)
+        for name in sorted(self._disturbed):
+            self._restore(name)
+
+    def _restore(self, name: str) -> None:
+        """Unfrozen if paused (a frozen container cannot be started), then started;
+        neither fails when it is running already."""
+        if self._paused(name):
+            self.stack.unpause_service(name)
+        self.stack.compose("start", name, check=False)
+
+    def _paused(self, name: str) -> bool:
+        result = self.stack.compose("ps", "--status", "paused", "--quiet", name, check=False)
+        return bool(result.stdout.strip())
 
 
 class UrlTarget:
@@ -337,6 +421,12 @@ class UrlTarget:
     def start_dependency(self, name: str) -> None:
         raise self._cannot(f"start the {name} of")
 
+    def pause_dependency(self, name: str) -> None:
+        raise self._cannot(f"pause the {name} of")
+
+    def resume_dependency(self, name: str) -> None:
+        raise self._cannot(f"resume the {name} of")
+
     def close(self) -> None:
         pass
 
@@ -349,11 +439,13 @@ def open_target(
     env: Mapping[str, str] | None = None,
     products: int = 100,
     log_file: Path | None = None,
+    throwaway: bool = False,
 ) -> Target:
     """The Target `choice` names; native: started now (`label`, `workers`, `env`,
-    `products`), the others attached to."""
+    `products`; on throwaway servers of its own with `throwaway`), the others attached
+    to."""
     if choice.kind == "native":
-        return NativeTarget(label, workers, env or {}, products)
+        return NativeTarget(label, workers, env or {}, products, throwaway=throwaway)
     assert choice.url is not None  # target_choice fills it for every other kind
     if choice.kind == "compose":
         return ComposeTarget(choice.url)
