@@ -3,11 +3,14 @@ phases with their outage hooks. Against a real Gunicorn, as the commands use it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 
 from parity.harness.load import (
+    REFUSED,
     Load,
     Phase,
     PhaseRun,
@@ -22,6 +25,7 @@ pytestmark = pytest.mark.gunicorn
 
 HEALTH = Request("health", "GET", "/health")
 LIST = Request("list", "GET", "/api/v1/products", {"params": {"limit": 2}})
+DEMO = {"DEMO_ENDPOINTS_ENABLED": "true"}
 
 
 def test_a_budget_is_spent_exactly_and_then_the_clients_stop(
@@ -96,3 +100,69 @@ def test_no_answer_is_a_sample_with_status_0_and_its_reason() -> None:
         assert sample.status == 0
         assert sample.failed
         assert (sample.error or "").startswith("ConnectError")
+
+
+def test_a_closed_port_is_refused_and_the_client_backs_off() -> None:
+    load = Load(f"http://127.0.0.1:{free_port()}", cycle([HEALTH]), concurrency=1,
+                max_requests=3, refused_backoff=0.3)  # fmt: skip
+    with load:
+        load.wait(30)
+    assert [s.reason for s in load.samples] == [REFUSED] * 3
+    assert all(s.not_accepted and s.sent is None for s in load.samples)
+    assert all((s.error or "").endswith("[ECONNREFUSED]") for s in load.samples)
+    first, _, last = load.samples
+    assert last.started - first.started >= 0.6  # two back-offs between three attempts
+
+
+def test_fresh_clients_connect_for_every_request_the_others_keep_theirs(
+    gunicorn: Callable[..., GunicornProcess],
+) -> None:
+    server = gunicorn(workers=1)
+    load = Load(server.base_url, cycle([HEALTH]), concurrency=4, fresh_clients=2,
+                max_requests=40)  # fmt: skip
+    with load:
+        load.wait(60)
+    fresh = [s for s in load.samples if s.fresh]
+    kept_alive = [s for s in load.samples if not s.fresh]
+    assert fresh
+    assert kept_alive
+    assert all(s.new_connection for s in fresh)
+    assert sum(s.new_connection for s in kept_alive) == 2  # one per keep-alive client
+    for sample in load.samples:
+        assert sample.sent is not None
+        assert sample.started <= sample.sent <= sample.ended
+
+
+def test_in_flight_shows_the_requests_sent_and_not_answered_yet(
+    gunicorn: Callable[..., GunicornProcess],
+) -> None:
+    server = gunicorn(workers=1, env=DEMO)
+    slow = Request("slow", "GET", "/api/v1/demo/slow", {"params": {"ms": 1500}})
+    load = Load(server.base_url, cycle([slow]), concurrency=3, max_requests=3)
+    with load:
+        deadline = time.monotonic() + 1.2
+        while len(load.in_flight()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert load.in_flight() == [slow] * 3
+        assert not load.samples  # none answered yet
+        load.wait(30)
+    assert load.in_flight() == []
+    assert load.pending() == 0
+    assert [s.status for s in load.samples] == [200] * 3
+
+
+def test_a_request_keeps_what_it_reads_from_its_answer(
+    gunicorn: Callable[..., GunicornProcess],
+) -> None:
+    server = gunicorn(workers=2, env=DEMO)
+
+    def pid(response: httpx.Response) -> int:
+        return int(response.json()["pid"])
+
+    answered_by = Request("pid", "GET", "/api/v1/demo/slow", {"params": {"ms": 0}}, keep=pid)
+    load = Load(server.base_url, cycle([answered_by, HEALTH]), concurrency=2, max_requests=10)
+    with load:
+        load.wait(30)
+    kept = {s.label: s.kept for s in load.samples}
+    assert kept["pid"] in server.worker_pids()
+    assert kept["health"] is None  # no `keep`: nothing kept

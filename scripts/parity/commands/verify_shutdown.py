@@ -1,11 +1,11 @@
 """Prove that a signal in the middle of traffic loses no request.
 
-Runs load (many concurrent clients mixing fast and slow requests, over keep-alive and
-fresh connections), sends the signal to the Gunicorn master mid-load, and reports:
-requests sent, in flight at the signal, completed OK, failed by kind, connections refused
-after the listener closed, drain time, the master's exit code, and whether every worker
-went through the shutdown phases in order (from the logs). docs/shutdown.md explains the
-sequence.
+Runs load (parity.harness.load: many concurrent clients mixing fast and slow requests,
+over keep-alive and fresh connections), sends the signal to the Gunicorn master
+mid-load, and reports: requests sent, in flight at the signal, completed OK, failed by
+kind, connections refused after the listener closed, drain time, the master's exit code,
+and whether every worker went through the shutdown phases in order (from the logs).
+docs/shutdown.md explains the sequence.
 
     parity verify shutdown --native --signal TERM
     parity verify shutdown --native --signal HUP
@@ -24,15 +24,14 @@ stack did not start. The target needs DEMO_ENDPOINTS_ENABLED=true (set by --nati
 from __future__ import annotations
 
 import argparse
-import asyncio
-import errno
 import json
 import random
 import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,12 +39,14 @@ from typing import Any
 
 import httpx
 
+from parity.harness.load import Load, Request, RequestSource, Sample
 from parity.harness.report import figure
 from parity.harness.report import progress as log
 from parity.harness.stack import (
     StackError,
 )
 from parity.harness.target import (
+    ComposeTarget,
     NativeTarget,
     Target,
     add_target_options,
@@ -59,6 +60,7 @@ SLOW_PATH = "/api/v1/demo/slow"
 # Redis and Postgres (and, on a busy machine, their timeouts) to the picture.
 FAST_PATH = f"{SLOW_PATH}?ms=0"
 CUT_OFF_TYPE = "urn:parity:problem:shutting-down"
+SLOW, FAST = "slow", "fast"  # the requests' labels
 # Outcomes that are not a lost request: a completed response, or a connection the server
 # never accepted, refused or timed out while connecting (only expected after TERM, once
 # the listener has closed).
@@ -78,7 +80,8 @@ FAILURE_KINDS = {
 
 @dataclass(slots=True)
 class Attempt:
-    """One request as the client saw it; times are seconds since the load started."""
+    """One request as the client saw it (a Sample of the load, seen by this proof); times
+    are seconds since the load started."""
 
     slow: bool
     fresh: bool  # sent by a client that opens a new connection for every request
@@ -92,52 +95,57 @@ class Attempt:
     connection_close: bool = False  # the response said `Connection: close`
     pid: int | None = None  # the worker that answered (slow requests say)
 
+    @classmethod
+    def of(cls, sample: Sample, t0: float) -> Attempt:
+        return cls(
+            slow=sample.label == SLOW,
+            fresh=sample.fresh,
+            started=sample.started - t0,
+            sent=None if sample.sent is None else sample.sent - t0,
+            ended=sample.ended - t0,
+            new_connection=sample.new_connection,
+            outcome=outcome_of(sample),
+            status=sample.status or None,
+            error=error_of(sample),
+            connection_close=sample.connection_close,
+            pid=sample.kept if sample.status == 200 else None,
+        )
+
     def in_flight_at(self, moment: float) -> bool:
         """Sent to the server (not just queued in the client) and not yet answered."""
         sent = self.sent is not None and self.sent <= moment
         return sent and (self.ended is None or self.ended > moment)
 
 
-def os_error_of(exc: BaseException) -> OSError | None:
-    """The operating system's error behind an httpx error (httpx -> httpcore -> anyio)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno is not None:
-            return seen
-        seen = seen.__cause__ or seen.__context__
+def read_answer(response: httpx.Response) -> int | str | None:
+    """What a request keeps of its answer (Sample.kept): of a 200 from the slow endpoint,
+    the pid of the worker that answered (after a HUP, new workers must answer); of any
+    other status, the body (the report's examples; the drain's cut-off says so there)."""
+    if response.status_code != 200:
+        return response.text
+    if response.url.path == SLOW_PATH:
+        pid: int | None = response.json().get("pid")
+        return pid
     return None
 
 
-def describe_error(exc: Exception) -> str:
-    cause = os_error_of(exc)
-    errno_name = errno.errorcode.get(cause.errno, "?") if cause and cause.errno else None
-    return f"{type(exc).__name__}: {exc}" + (f" [{errno_name}]" if errno_name else "")
-
-
-def classify_error(exc: Exception) -> str:
-    if isinstance(exc, httpx.ConnectError):
-        # No TCP connection was made, so no request was accepted: ECONNREFUSED from a
-        # closed listener, and, once a container has stopped, EHOSTUNREACH when its
-        # address on the Docker network no longer answers ARP.
-        return REFUSED
-    if isinstance(exc, httpx.ConnectTimeout):
-        # Never accepted either: no TCP handshake completed. Seen once a container has
-        # stopped, when its address on the Docker network answers nothing at all.
-        return REFUSED
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-        return "reset"
-    return "other"
-
-
-def classify_response(response: httpx.Response) -> str:
-    if response.status_code == 200:
+def outcome_of(sample: Sample) -> str:
+    if not sample.status:
+        # The driver's reasons for no answer are this proof's failure kinds (timeout,
+        # reset, other), but a connection never accepted lost no request.
+        return REFUSED if sample.not_accepted else str(sample.reason)
+    if sample.status == 200:
         return OK
-    if response.status_code >= 500:
-        is_cut = response.status_code == 503 and CUT_OFF_TYPE in response.text
+    if sample.status >= 500:
+        is_cut = sample.status == 503 and CUT_OFF_TYPE in str(sample.kept)
         return "cut_off" if is_cut else "5xx"
     return "unexpected_status"
+
+
+def error_of(sample: Sample) -> str | None:
+    if sample.status in (0, 200):
+        return sample.error  # why there was no answer; None for a 200
+    return f"{sample.status} {str(sample.kept)[:200]}"
 
 
 # --- load -------------------------------------------------------------------------------
@@ -145,6 +153,8 @@ def classify_response(response: httpx.Response) -> str:
 
 @dataclass
 class LoadShape:
+    """The mix of requests and clients (the report's `load`)."""
+
     clients: int = 300
     slow_share: float = 0.7  # of requests
     fresh_share: float = 0.5  # of clients
@@ -153,92 +163,35 @@ class LoadShape:
     timeout: float = 60.0
 
 
-class Load:
-    """Clients that loop until `stop()`: each sends one request at a time, slow or fast
-    at random; keep-alive clients share a connection pool, fresh ones connect anew."""
+def mixed_requests(shape: LoadShape, seed: int = 1) -> RequestSource:
+    """Slow or fast at random, `slow_share` of them slow."""
+    rng = random.Random(seed)
 
-    def __init__(self, base_url: str, shape: LoadShape, seed: int = 1) -> None:
-        self.base_url = base_url
-        self.shape = shape
-        self.rng = random.Random(seed)
-        self.attempts: list[Attempt] = []
-        self.t0 = time.monotonic()
-        self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        timeout = httpx.Timeout(shape.timeout, connect=10.0)
-        limits_pooled = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        self._pooled = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits_pooled)
-        limits_fresh = httpx.Limits(max_connections=None, max_keepalive_connections=0)
-        self._fresh = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits_fresh)
+    def next_request(client: int, n: int) -> Request:
+        if rng.random() < shape.slow_share:
+            ms = rng.randint(shape.slow_ms, shape.slow_ms * 3 // 2)
+            return Request(SLOW, "GET", f"{SLOW_PATH}?ms={ms}", keep=read_answer)
+        return Request(FAST, "GET", shape.fast_path, keep=read_answer)
 
-    def now(self) -> float:
-        return time.monotonic() - self.t0
+    return next_request
 
-    def start(self, ramp_seconds: float = 0.5) -> None:
-        """Start the clients spread over `ramp_seconds` (all at once would measure how a
-        cold server copes with a thundering herd, not how it shuts down)."""
-        fresh_clients = round(self.shape.clients * self.shape.fresh_share)
-        for index in range(self.shape.clients):
-            delay = ramp_seconds * index / self.shape.clients
-            # Spread the fresh-connection clients evenly among the keep-alive ones.
-            n = self.shape.clients
-            fresh = (index + 1) * fresh_clients // n != index * fresh_clients // n
-            client = self._client(fresh=fresh)
-            self._tasks.append(asyncio.create_task(self._after(delay, client)))
 
-    @staticmethod
-    async def _after(delay: float, coroutine: Coroutine[Any, Any, None]) -> None:
-        await asyncio.sleep(delay)
-        await coroutine
+def shaped_load(base_url: str, shape: LoadShape) -> Load:
+    return Load(
+        base_url,
+        mixed_requests(shape),
+        concurrency=shape.clients,
+        fresh_clients=round(shape.clients * shape.fresh_share),
+        timeout=httpx.Timeout(shape.timeout, connect=10.0),
+        # Not all at once: that would measure how a cold server copes with a thundering
+        # herd, not how it shuts down.
+        ramp_seconds=0.5,
+        refused_backoff=0.2,  # after TERM the listener closes: back off, do not spin
+    )
 
-    async def stop(self) -> None:
-        """No new requests; wait for those in flight (each bounded by the timeout)."""
-        self._stopping.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._pooled.aclose()
-        await self._fresh.aclose()
 
-    def in_flight(self) -> list[Attempt]:
-        return [a for a in self.attempts if a.ended is None and a.sent is not None]
-
-    async def _client(self, *, fresh: bool) -> None:
-        while not self._stopping.is_set():
-            attempt = await self._request(
-                fresh=fresh, slow=self.rng.random() < self.shape.slow_share
-            )
-            if attempt.outcome == REFUSED:
-                await asyncio.sleep(0.2)  # back off like a real client instead of spinning
-
-    async def _request(self, *, fresh: bool, slow: bool) -> Attempt:
-        attempt = Attempt(slow=slow, fresh=fresh, started=self.now())
-        self.attempts.append(attempt)
-
-        async def trace(event: str, info: dict[str, Any]) -> None:
-            if event == "connection.connect_tcp.started":
-                attempt.new_connection = True
-            elif event == "http11.send_request_headers.complete":
-                attempt.sent = self.now()
-
-        if slow:
-            ms = self.rng.randint(self.shape.slow_ms, self.shape.slow_ms * 3 // 2)
-            path = f"{SLOW_PATH}?ms={ms}"
-        else:
-            path = self.shape.fast_path
-        client = self._fresh if fresh else self._pooled
-        try:
-            response = await client.get(path, extensions={"trace": trace})
-        except httpx.HTTPError as exc:
-            attempt.outcome, attempt.error = classify_error(exc), describe_error(exc)
-        else:
-            attempt.status = response.status_code
-            attempt.outcome = classify_response(response)
-            attempt.connection_close = response.headers.get("connection", "").lower() == "close"
-            if attempt.outcome == OK and response.url.path == SLOW_PATH:
-                attempt.pid = response.json().get("pid")
-            if attempt.outcome != OK:
-                attempt.error = f"{response.status_code} {response.text[:200]}"
-        attempt.ended = self.now()
-        return attempt
+def since(t0: float) -> float:
+    return time.monotonic() - t0
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -267,7 +220,7 @@ class RunData:
     notes: list[str] = field(default_factory=list)
 
 
-async def wait_for_in_flight(load: Load, config: RunConfig, deadline: float = 45.0) -> None:
+def wait_for_in_flight(load: Load, t0: float, config: RunConfig, deadline: float = 45.0) -> None:
     """Until `min_in_flight` requests are in flight, slow ones among them, and the load
     has run for a second (so keep-alive connections exist)."""
     peak = 0
@@ -275,58 +228,67 @@ async def wait_for_in_flight(load: Load, config: RunConfig, deadline: float = 45
         in_flight = load.in_flight()
         peak = max(peak, len(in_flight))
         if (
-            load.now() >= 1.0
+            since(t0) >= 1.0
             and len(in_flight) >= config.min_in_flight
-            and any(a.slow for a in in_flight)
+            and any(r.label == SLOW for r in in_flight)
         ):
             return
-        if load.now() > deadline:
+        if since(t0) > deadline:
             raise StackError(
                 f"only {peak} requests in flight at most (wanted {config.min_in_flight}): "
                 "raise --clients or lower --min-in-flight"
             )
-        await asyncio.sleep(0.05)
+        time.sleep(0.05)
 
 
-async def progress(load: Load, every: float = 1.0) -> None:
-    while True:
-        await asyncio.sleep(every)
-        outcomes = Counter(a.outcome for a in load.attempts)
-        lost = sum(n for kind, n in outcomes.items() if kind in FAILURE_KINDS)
-        log(
-            f"  [{load.now():5.1f}s] sent {len(load.attempts):6d}  in flight "
-            f"{outcomes['pending']:4d}  ok {outcomes[OK]:6d}  refused {outcomes[REFUSED]:4d}  "
-            f"failed {lost:3d}"
-        )
+def progress_line(load: Load, t0: float) -> str:
+    pending = load.pending()
+    outcomes = Counter(outcome_of(s) for s in list(load.samples))
+    lost = sum(n for kind, n in outcomes.items() if kind in FAILURE_KINDS)
+    return (
+        f"  [{since(t0):5.1f}s] sent {outcomes.total() + pending:6d}  in flight "
+        f"{pending:4d}  ok {outcomes[OK]:6d}  refused {outcomes[REFUSED]:4d}  "
+        f"failed {lost:3d}"
+    )
 
 
-async def run_load(target: Target, config: RunConfig) -> RunData:
-    # Every new connection resolves its address in the default executor (anyio calls
-    # getaddrinfo even for an IP): with its default of a few threads, fresh connections
-    # would queue in the client and measure the client, not the server.
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64))
-    load = Load(target.base_url, config.shape)
-    ticker = asyncio.create_task(progress(load)) if config.progress else None
-    load.start()
+@contextmanager
+def progress(load: Load, t0: float, every: float = 1.0) -> Iterator[None]:
+    """A progress line every `every` seconds while the block runs."""
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(every):
+            log(progress_line(load, t0))
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
     try:
-        await wait_for_in_flight(load, config)
+        yield
+    finally:
+        stop.set()
+        ticker.join()
+
+
+def run_load(target: Target, config: RunConfig) -> RunData:
+    load = shaped_load(target.base_url, config.shape)
+    t0 = time.monotonic()
+    # The load stops (no new requests; those in flight finish) before the ticker does.
+    with progress(load, t0) if config.progress else nullcontext(), load:
+        wait_for_in_flight(load, t0, config)
         old_workers = target.worker_pids()
         in_flight = load.in_flight()
         log(
-            f"sending {config.signal.name} at {load.now():.1f}s with {len(in_flight)} "
-            f"requests in flight ({sum(a.slow for a in in_flight)} slow)"
+            f"sending {config.signal.name} at {since(t0):.1f}s with {len(in_flight)} "
+            f"requests in flight ({sum(r.label == SLOW for r in in_flight)} slow)"
         )
-        signal_wall, signal_at = time.time(), load.now()
-        await asyncio.to_thread(target.send_signal, config.signal)
-        exit_at = await after_signal(target, load, config)
-    finally:
-        load_stopped_at = load.now()
-        await load.stop()
-        if ticker is not None:
-            ticker.cancel()
+        signal_wall, signal_at = time.time(), since(t0)
+        target.send_signal(config.signal)
+        exit_at = after_signal(target, t0, config)
+        load_stopped_at = since(t0)
     exit_code = target.exit_code() if config.signal == signal.SIGTERM else None
     data = RunData(
-        attempts=load.attempts,
+        attempts=[Attempt.of(sample, t0) for sample in load.samples],
         signal_at=signal_at,
         signal_wall=signal_wall,
         exit_at=exit_at,
@@ -341,17 +303,17 @@ async def run_load(target: Target, config: RunConfig) -> RunData:
     return data
 
 
-async def after_signal(target: Target, load: Load, config: RunConfig) -> float | None:
+def after_signal(target: Target, t0: float, config: RunConfig) -> float | None:
     """TERM: keep the load on until the master has exited; HUP: for `after` seconds."""
     if config.signal != signal.SIGTERM:
-        await asyncio.sleep(config.after)
+        time.sleep(config.after)
         return None
-    deadline = load.now() + config.exit_timeout
-    while load.now() < deadline:
-        if not await asyncio.to_thread(target.running):
-            log(f"the master exited {load.now():.1f}s into the run")
-            return load.now()
-        await asyncio.sleep(0.1)
+    deadline = since(t0) + config.exit_timeout
+    while since(t0) < deadline:
+        if not target.running():
+            log(f"the master exited {since(t0):.1f}s into the run")
+            return since(t0)
+        time.sleep(0.1)
     log(f"the master was still running {config.exit_timeout:g}s after the signal")
     return None
 
@@ -628,8 +590,25 @@ def make_target(args: argparse.Namespace) -> Target:
     # The rate limiter (100 requests/min per client by default) would answer most of the
     # load with 429s: this run measures shutdown, not admission control.
     env = {"DEMO_ENDPOINTS_ENABLED": "true", "RATE_LIMIT_ENABLED": "false", **native_env(args)}
-    return open_target(args.target, label="shutdown", workers=args.workers, env=env,
-                       products=100, log_file=args.log_file)  # fmt: skip
+    target = open_target(args.target, label="shutdown", workers=args.workers, env=env,
+                         products=100, log_file=args.log_file)  # fmt: skip
+    if isinstance(target, ComposeTarget):
+        one_container(target)
+    return target
+
+
+def one_container(target: ComposeTarget) -> None:
+    """`docker compose stop/kill api` signals every replica at once: this proves what
+    one replica does. The replicated path, through the load balancer, is `make
+    rollout`'s (docs/shutdown.md)."""
+    replicas = target.stack.container_count()
+    if replicas != 1:
+        target.close()
+        raise StackError(
+            f"--compose signals the whole `{target.stack.service}` service, which has "
+            f"{replicas} containers: run it with one (API_REPLICAS=1 docker compose up "
+            "-d api), or use `make rollout` for several behind the load balancer"
+        )
 
 
 def check_target(base_url: str, fast_path: str) -> None:
@@ -668,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         check_target(target.base_url, config.shape.fast_path)
-        data = asyncio.run(run_load(target, config))
+        data = run_load(target, config)
     except StackError as exc:
         log(f"error: {exc}")
         target.close()
