@@ -73,6 +73,7 @@ from parity.harness.wrk import (
     OtlpSink,
     machine,
     measure_in_rotation,
+    measured,
     round_progress,
     wrk,
 )
@@ -980,21 +981,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_in_workdir(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="parity-bench-memory-") as workdir:
+        return (run_compare if args.compare else run_memory)(args, Path(workdir))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     kind = "python" if args.compare else "memory"
     out = args.out or REPO_ROOT / "results" / time.strftime(f"bench-{kind}-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     command = ".venv/bin/parity bench memory " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="parity-bench-memory-") as workdir:
-            result = (run_compare if args.compare else run_memory)(args, Path(workdir))
-    except (StackError, OSError, subprocess.SubprocessError) as exc:
-        progress(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
+    result = measured(lambda: run_in_workdir(args))
     result["conclusion"] = conclusion(result)
     write_json(out / "result.json", result)
     section = (compare_markdown if args.compare else memory_markdown)(result, command.strip())

@@ -67,6 +67,7 @@ from parity.harness.wrk import (
     OtlpSink,
     machine,
     measure_in_rotation,
+    measured,
     round_progress,
     wrk,
 )
@@ -483,14 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     command = ".venv/bin/parity bench middleware " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    try:
-        result = run(args, out)
-    except (StackError, OSError, subprocess.SubprocessError) as exc:
-        progress(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
+    result = measured(lambda: run(args, out))
     write_json(out / "result.json", result)
     section = markdown(result, command.strip())
     if args.plot:

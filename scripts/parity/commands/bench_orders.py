@@ -56,7 +56,7 @@ from parity.harness.repo import REPO_ROOT
 from parity.harness.report import figure, markdown_table, progress, write_json
 from parity.harness.stack import NativeStack, StackError, delete_redis_prefix, scratch_database
 from parity.harness.throwaway import postgres_bindir
-from parity.harness.wrk import LUA_COMMON, OtlpSink, machine, rate_and_latency, wrk
+from parity.harness.wrk import LUA_COMMON, OtlpSink, machine, measured, rate_and_latency, wrk
 
 FIRST_PRODUCT = 101  # products 1..100 are bench_routes' hot set; orders leave them alone
 
@@ -415,15 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         progress("error: wrk is not installed (apt-get install wrk)")
         return 2
     started = time.monotonic()
-    try:
-        pgbench_binary()
-        result = run(args)
-    except (StackError, OSError, subprocess.TimeoutExpired) as exc:
-        progress(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
+    measured(pgbench_binary)
+    result = measured(lambda: run(args))
     out = args.out or REPO_ROOT / "results" / time.strftime("bench-orders-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     section = markdown(result, command.strip())

@@ -60,7 +60,7 @@ from parity.harness.stack import (
     drop_database,
 )
 from parity.harness.target import add_target_options, target_choice
-from parity.harness.wrk import LUA_COMMON, OtlpSink, machine, rate_and_latency, wrk
+from parity.harness.wrk import LUA_COMMON, OtlpSink, machine, measured, rate_and_latency, wrk
 
 HOT_IDS = 100
 LOADS = {"saturated": (2, 64), "light": (1, 4)}  # name -> (wrk threads, connections)
@@ -351,14 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = ".venv/bin/parity bench routes " + " ".join(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
-    try:
-        result = run(args)
-    except (StackError, OSError) as exc:
-        progress(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
+    result = measured(lambda: run(args))
     out = args.out or REPO_ROOT / "results" / time.strftime("bench-routes-%Y%m%d-%H%M%S.json")
     write_json(out, result)
     section = markdown(result, command.strip())

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from redis import Redis
@@ -23,6 +23,8 @@ from parity.harness.bench_apps import TRIVIAL_PATH
 from parity.harness.benchdocs import cpu_model
 from parity.harness.report import progress
 from parity.harness.stack import GunicornProcess, StackError
+
+T = TypeVar("T")
 
 # wrk calls done() once at the end; one JSON line is easier to trust than its text.
 WRK_REPORT = """
@@ -238,6 +240,19 @@ def round_progress(
         )
 
     return report
+
+
+def measured(measure: Callable[[], T]) -> T:
+    """`measure()`, or the end of the benchmark when it cannot finish: exit 1 with the
+    error on one line when a server or a tool failed (no traceback), 130 on Ctrl-C."""
+    try:
+        return measure()
+    except (StackError, OSError, subprocess.SubprocessError) as exc:
+        progress(f"error: {exc}")
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        progress("interrupted")
+        raise SystemExit(130) from None
 
 
 class OtlpSink:
