@@ -313,15 +313,9 @@ class Settings(BaseSettings):
             raise ValueError("must be HOST:PORT (e.g. 0.0.0.0:9000), or empty")
         return value
 
-    @field_validator("FORWARDED_ALLOW_IPS")
+    @field_validator("FORWARDED_ALLOW_IPS", "TRACE_CONTEXT_TRUSTED_CALLERS")
     @classmethod
-    def _forwarded_allow_ips_are_networks(cls, value: str) -> str:
-        trusted_networks(value)
-        return value
-
-    @field_validator("TRACE_CONTEXT_TRUSTED_CALLERS")
-    @classmethod
-    def _trace_context_callers_are_networks(cls, value: str) -> str:
+    def _trusted_peers_are_networks(cls, value: str) -> str:
         trusted_networks(value)
         return value
 
