@@ -20,11 +20,10 @@ from parity.commands.verify_rate_limit import (
     UNTRUSTED_LOOPBACK,
     IdentityReport,
     Policy,
-    close_connections,
     drive_identity,
     forged_addresses,
-    open_connections,
 )
+from parity.harness.connections import close_connections, open_connections
 from parity.harness.stack import GunicornProcess, NativeStack
 from tests.conftest import REDIS_URL
 from tests.helpers import run

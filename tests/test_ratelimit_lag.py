@@ -21,7 +21,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from parity.commands.verify_rate_limit import close_connections, open_connections
+from parity.harness.connections import close_connections, open_connections
 from parity.harness.stack import GunicornProcess, free_port
 from tests.conftest import REDIS_URL
 
