@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from parity.commands.e2e import may_fail_after_kill
+from parity.harness.load import Sample
 from parity.harness.repo import REPO_ROOT
 from tests.deploy_tools import run_tool
 
@@ -106,6 +108,24 @@ def test_only_idempotent_requests_are_retried_after_a_replica_answered_nothing()
     (retry_on,) = [w for w in lines if w[0] == "retry-on"]
     assert "conn-failure" in retry_on
     assert ["http-request", "disable-l7-retry", "unless", "METH_GET", "||", "METH_HEAD"] in lines
+
+
+@pytest.mark.parametrize(
+    ("method", "started", "may_fail"),
+    [
+        ("GET", 0.01, True),  # in flight on the replica when it died
+        ("GET", 0.2, False),  # written to a dead connection: the lb retries a GET
+        ("POST", 0.2, True),  # the same race for a POST: HAProxy leaves it to the client
+        ("POST", 1.6, False),  # after the lb took the replica out: on a live one
+    ],
+)
+def test_after_a_replica_is_killed_only_in_flight_requests_and_racing_posts_may_fail(
+    method: str, started: float, may_fail: bool
+) -> None:
+    """The e2e's SIGKILL check (docs/compose.md): killed at t=0, out of the pool at
+    t=1.5. A request retried by the lb must never fail after the kill has landed."""
+    sample = Sample(started, 0.01, "order", 0, error="RemoteProtocolError", method=method)
+    assert may_fail_after_kill(sample, killed=0.0, left_pool=1.5) is may_fail
 
 
 @pytest.mark.parametrize("path", sorted((HAPROXY_DIR / "errors").glob("*.http")), ids=str)
