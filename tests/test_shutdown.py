@@ -92,6 +92,8 @@ def test_sighup_under_steady_load_fails_and_refuses_nothing(native_stack: Native
     assert requests["refused"] == 0
     assert requests["in_flight_at_signal_ok"] == requests["in_flight_at_signal"] >= 80
     assert report["reload"]["new_workers_answer"], report["reload"]
+    # The reload's gap is measured: new workers answer only once the app has imported.
+    assert 0 < report["reload"]["new_workers_first_answered_after_s"] < 60
     assert report["phases"]["in_order"], report["phases"]["problems"]
     for worker in report["phases"]["workers"].values():
         assert next(p for p in worker if p["phase"] == "signal")["replacing_worker"] is True

@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -61,6 +61,9 @@ SLOW_PATH = "/api/v1/demo/slow"
 FAST_PATH = f"{SLOW_PATH}?ms=0"
 CUT_OFF_TYPE = "urn:parity:problem:shutting-down"
 SLOW, FAST = "slow", "fast"  # the requests' labels
+# After a HUP, how long new workers must have been answering before the load stops: the
+# report's "answering at the end" looks at the requests of the last 2 s.
+NEW_WORKERS_WINDOW = 3.0
 # Outcomes that are not a lost request: a completed response, or a connection the server
 # never accepted, refused or timed out while connecting (only expected after TERM, once
 # the listener has closed).
@@ -202,7 +205,7 @@ class RunConfig:
     signal: signal.Signals
     shape: LoadShape
     min_in_flight: int = 200
-    after: float = 8.0  # HUP: keep the load up this long after the signal
+    after: float = 8.0  # HUP: keep the load up at least this long after the signal
     exit_timeout: float = 60.0  # TERM: give up waiting for the master after this long
     progress: bool = True
 
@@ -284,7 +287,7 @@ def run_load(target: Target, config: RunConfig) -> RunData:
         )
         signal_wall, signal_at = time.time(), since(t0)
         target.send_signal(config.signal)
-        exit_at = after_signal(target, t0, config)
+        exit_at = after_signal(target, t0, config, load, old_workers)
         load_stopped_at = since(t0)
     exit_code = target.exit_code() if config.signal == signal.SIGTERM else None
     data = RunData(
@@ -303,10 +306,13 @@ def run_load(target: Target, config: RunConfig) -> RunData:
     return data
 
 
-def after_signal(target: Target, t0: float, config: RunConfig) -> float | None:
-    """TERM: keep the load on until the master has exited; HUP: for `after` seconds."""
+def after_signal(
+    target: Target, t0: float, config: RunConfig, load: Load, old_workers: set[int]
+) -> float | None:
+    """TERM: keep the load on until the master has exited; HUP: for `after` seconds and
+    until new workers have answered for a while (see until_new_workers_answer)."""
     if config.signal != signal.SIGTERM:
-        time.sleep(config.after)
+        until_new_workers_answer(load, old_workers, t0, config)
         return None
     deadline = since(t0) + config.exit_timeout
     while since(t0) < deadline:
@@ -316,6 +322,36 @@ def after_signal(target: Target, t0: float, config: RunConfig) -> float | None:
         time.sleep(0.1)
     log(f"the master was still running {config.exit_timeout:g}s after the signal")
     return None
+
+
+def until_new_workers_answer(
+    load: Load, old_workers: set[int], t0: float, config: RunConfig
+) -> None:
+    """After a HUP, the load goes on for `after` seconds, and on until a worker that is
+    not an old one has answered for NEW_WORKERS_WINDOW seconds: Gunicorn stops the old
+    workers at once and the new ones take as long as the app takes to import, which
+    on a busy machine exceeds `after`. Bounded by `exit_timeout`; the report says when
+    the new workers first answered (the reload's gap)."""
+    signal_at = time.monotonic()
+    while time.monotonic() < signal_at + config.exit_timeout:
+        first = first_new_answer(load.samples, old_workers, signal_at)
+        long_enough = time.monotonic() >= signal_at + config.after
+        if long_enough and first is not None and time.monotonic() >= first + NEW_WORKERS_WINDOW:
+            return
+        time.sleep(0.1)
+    log(f"no new worker had answered {config.exit_timeout:g}s after the signal")
+
+
+def first_new_answer(
+    samples: Sequence[Sample], old_workers: set[int], since: float
+) -> float | None:
+    """When (time.monotonic()) a worker not in `old_workers` first answered a request
+    sent after `since`; None if none has yet."""
+    answers = [
+        s.ended for s in list(samples)
+        if isinstance(s.kept, int) and s.kept not in old_workers and s.started >= since
+    ]  # fmt: skip
+    return min(answers, default=None)
 
 
 def record_time(record: dict[str, Any]) -> float:
@@ -434,10 +470,17 @@ def reload_report(data: RunData) -> dict[str, Any]:
     """After a HUP the old workers must be gone and new ones answering."""
     late = [a for a in data.attempts if a.pid is not None and a.started > data.load_stopped_at - 2]
     late_pids = {a.pid for a in late}
+    new = [
+        a.ended - data.signal_at for a in data.attempts
+        if a.pid is not None and a.pid not in data.old_workers
+        and a.started >= data.signal_at and a.ended is not None
+    ]  # fmt: skip
     return {
         "old_workers": sorted(data.old_workers),
         "answered_by_at_the_end": sorted(p for p in late_pids if p is not None),
         "new_workers_answer": bool(late_pids) and not (late_pids & data.old_workers),
+        # The reload's gap: Gunicorn stops the old workers before the new ones can answer.
+        "new_workers_first_answered_after_s": round(min(new), 2) if new else None,
     }
 
 
@@ -505,6 +548,11 @@ def render(report: dict[str, Any], description: str) -> str:
             f"  reload                        old workers {reload['old_workers']} -> answering "
             f"at the end {reload['answered_by_at_the_end']}"
         )
+        first = reload["new_workers_first_answered_after_s"]
+        lines.append(
+            "  new workers first answered    "
+            + (f"{first:.2f} s after the signal" if first is not None else "never")
+        )
     phases = report["phases"]
     if phases["checked"]:
         status = "in order" if phases["in_order"] else "NOT in order"
@@ -545,7 +593,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--slow-ms", type=int, default=2000, help="slow: this to 1.5x (2000)")
     parser.add_argument("--fast-path", default=FAST_PATH, help=f"fast requests ({FAST_PATH})")
-    parser.add_argument("--after", type=float, default=8.0, help="HUP: seconds of load after")
+    parser.add_argument(
+        "--after",
+        type=float,
+        default=8.0,
+        help="HUP: seconds of load after the signal at least (8; then on until new workers answer)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="--native: workers (2)")
     parser.add_argument("--delay", type=float, help="--native: SHUTDOWN_DELAY_SECONDS")
     parser.add_argument(
