@@ -515,7 +515,8 @@ class E2E:
             return (
                 f"{requests['in_flight_at_signal']} in flight, {requests['lost']} lost, "
                 f"{requests['refused']} refused; workers {reload['old_workers']} -> "
-                f"{reload['answered_by_at_the_end']}"
+                f"{reload['answered_by_at_the_end']}, the new ones answering "
+                f"{reload['new_workers_first_answered_after_s']} s after the signal"
             )
 
         self.check("SIGTERM under load loses nothing", term)
