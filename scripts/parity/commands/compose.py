@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 
 from parity.harness.images import BuildError, KitUnavailable, ensure_images
-from parity.harness.repo import REPO_ROOT
+from parity.harness.repo import run_shown
+from parity.harness.stack import OFFLINE_COMPOSE_FILES
 
-OFFLINE_FILES = "compose.yaml:compose.offline.yaml"
 # What each verb runs after `docker compose`; `up` then shows the services' state.
 VERBS: dict[str, list[str]] = {
     "up": ["up", "--detach", "--build", "--wait"],
@@ -46,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         command.add_argument(
             "--offline",
             action="store_true",
-            help=f"compose.yaml plus compose.offline.yaml (COMPOSE_FILE={OFFLINE_FILES})"
+            help=f"compose.yaml plus compose.offline.yaml (COMPOSE_FILE={OFFLINE_COMPOSE_FILES})"
             + ("; builds the missing stand-in images first" if verb == "up" else ""),
         )
         if verb == "logs":
@@ -60,15 +59,11 @@ def compose_command() -> list[str]:
 
 
 def run(arguments: list[str], offline: bool) -> int:
-    environment = dict(os.environ)
-    prefix = ""
-    if offline:
-        environment["COMPOSE_FILE"] = OFFLINE_FILES
-        prefix = f"COMPOSE_FILE={OFFLINE_FILES} "
+    env = {"COMPOSE_FILE": OFFLINE_COMPOSE_FILES} if offline else {}
+    prefix = "".join(f"{name}={value} " for name, value in env.items())
     command = [*compose_command(), *arguments]
-    print(f"$ {prefix}{shlex.join(command)}", file=sys.stderr, flush=True)
     try:
-        return subprocess.run(command, cwd=REPO_ROOT, env=environment, check=False).returncode
+        return run_shown(command, env=env, shown=prefix + shlex.join(command))
     except FileNotFoundError:
         print(f"error: {command[0]!r} not found: `make tools` installs the Compose CLI, "
               "or set COMPOSE to yours", file=sys.stderr)  # fmt: skip

@@ -63,12 +63,18 @@ from parity.harness.loadbalancer import LoadBalancer, PoolWatcher, api_replicas
 from parity.harness.prometheus_native import PrometheusAPI
 from parity.harness.repo import REPO_ROOT
 from parity.harness.report import progress as say
-from parity.harness.stack import StackError, child_pids, free_port, iter_json_lines, ps_entries
+from parity.harness.stack import (
+    OFFLINE_COMPOSE_FILES,
+    StackError,
+    child_pids,
+    free_port,
+    iter_json_lines,
+    ps_entries,
+)
 from parity.harness.traffic import seeded_product_ids
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_RUN = 0, 1, 3
 PROJECT = "parity-e2e"
-COMPOSE_FILES = "compose.yaml:compose.offline.yaml"
 API_IMAGE = "parity-api:local"
 LOCUST_IMAGE = "parity-locust:local"
 APP_UID = 10001
@@ -245,7 +251,7 @@ class E2E:
         """Compose's own variables: every `docker compose` below, and in the scripts this
         run starts, addresses this project."""
         os.environ.update(
-            COMPOSE_FILE=COMPOSE_FILES,
+            COMPOSE_FILE=OFFLINE_COMPOSE_FILES,
             COMPOSE_PROJECT_NAME=PROJECT,
             API_PORT=str(self.api_port),
             PROMETHEUS_PORT=str(self.prometheus_port),

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 
-from parity.harness.repo import REPO_ROOT
+from parity.harness.repo import run_shown
 
 CHECKS: tuple[tuple[str, list[str]], ...] = (
     ("ruff check", ["ruff", "check", "."]),
@@ -35,10 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_step(name: str, arguments: list[str]) -> bool:
-    print(f"$ {shlex.join(arguments)}", file=sys.stderr, flush=True)
     # The tools of the interpreter running parity: the project's venv, pinned.
     command = [sys.executable, "-m", *arguments]
-    return subprocess.run(command, cwd=REPO_ROOT, check=False).returncode == 0
+    return run_shown(command, shown=shlex.join(arguments)) == 0
 
 
 def main(argv: list[str] | None = None) -> int:

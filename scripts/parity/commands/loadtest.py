@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from parity.harness.repo import REPO_ROOT
+from parity.harness.repo import REPO_ROOT, run_shown
 
 CONFIG = "loadtest/locust.conf"
 
@@ -54,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO_ROOT / "results" / time.strftime("loadtest-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     command = locust_command(args, out, extra)
-    print(f"$ {shlex.join(['locust', *command[3:]])}", file=sys.stderr, flush=True)
-    status = subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
+    status = run_shown(command, shown=shlex.join(["locust", *command[3:]]))
     if (out / "report.html").exists():
         print(f"report: {out}/report.html, statistics: {out}/locust_*.csv", file=sys.stderr)
     return status

@@ -394,6 +394,9 @@ class NativeStack:
 
 # --- docker compose ----------------------------------------------------------------
 
+# COMPOSE_FILE for the stack without a registry: the local stand-in images.
+OFFLINE_COMPOSE_FILES = "compose.yaml:compose.offline.yaml"
+
 
 def compose_api_url() -> str:
     """Where compose publishes the API: 127.0.0.1 and `API_PORT` (compose.yaml's
